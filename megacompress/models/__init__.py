@@ -1,0 +1,1 @@
+"""megacompress.models"""

@@ -1,0 +1,65 @@
+"""Run a worker script under real multi-process launchers (gloo, CPU) from tests.
+
+Workers receive ``--out DIR`` and write one result file per rank there (``torch.save``),
+which the test then compares with a single-process reference.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for CPU workers: one thread each (2-core CI), DeepSpeed on CPU, repo importable."""
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS="1",
+        DS_ACCELERATOR="cpu",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
+    )
+    env.update(extra or {})
+    return env
+
+
+def run_torchrun(
+    script: str | Path,
+    nproc: int,
+    args: list[str] | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    nnodes: int = 1,
+) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node nproc script args`` on 127.0.0.1; raises with the logs on failure."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nproc-per-node={nproc}", f"--nnodes={nnodes}",
+        "--master-addr=127.0.0.1", f"--master-port={free_port()}",
+        str(script), *(args or []),
+    ]
+    return run_checked(cmd, env=cpu_env(env), timeout=timeout)
+
+
+def run_checked(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float = 300,
+                cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env=env or cpu_env(), cwd=cwd or REPO_ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n"
+            f"--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+        )
+    return proc
