@@ -1,1 +1,1 @@
-"""megacompress.generation"""
+"""megacompress.generation: KV cache, sampling and batched generation (`generate`)."""

@@ -1,0 +1,176 @@
+"""Submit ``megacompress.train`` to SLURM through submitit (one task per GPU / CPU rank).
+
+    python launchers/slurm.py --config configs/tiny_gpt.yaml --nodes 2 --gpus-per-node 8 \
+        --partition gpu --time 24:00:00 --run-dir runs/tiny
+    python launchers/slurm.py --config configs/tiny_gpt.yaml --gpus-per-node 0 \
+        --tasks-per-node 2 --partition debug --time 00:10:00 --array sweep.yaml
+
+The config (and every sweep entry) is loaded and validated here first, so an invalid one
+fails at submission with the trainer's message. Each job runs ``launchers.slurm_job.TrainJob``
+(checkpointable: SIGUSR2 before the time limit -> checkpoint -> requeue -> resume from
+``latest``). submitit's pickles and per-task logs go to RUN_DIR/slurm/, the trainer's
+checkpoints and metrics to RUN_DIR (array task i: RUN_DIR/task_i/). See docs/launching.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python launchers/slurm.py`: make `launchers` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import submitit  # noqa: E402
+
+from launchers.common import (  # noqa: E402
+    REPO_ROOT, TRAIN_MODULE, LaunchError, add_train_arguments, cpu_environment, command_from_args, load_sweep,
+    run_dir_override, validate)
+from launchers.slurm_job import TrainJob  # noqa: E402
+
+
+def parse_time(text: str) -> int:
+    """SLURM time ``[D-]HH:MM:SS`` / ``HH:MM`` / ``MM`` -> whole minutes (rounded up)."""
+    days, _, clock = text.rpartition("-")
+    parts = clock.split(":")
+    try:
+        numbers = [int(p) for p in parts]
+        day_count = int(days) if days else 0
+    except ValueError:
+        raise LaunchError(f"--time {text!r}: expected [D-]HH:MM:SS") from None
+    if len(numbers) == 3:
+        hours, minutes, seconds = numbers
+    elif len(numbers) == 2:
+        hours, minutes, seconds = numbers[0], numbers[1], 0
+    elif len(numbers) == 1 and not days:
+        hours, minutes, seconds = 0, numbers[0], 0
+    else:
+        raise LaunchError(f"--time {text!r}: expected [D-]HH:MM:SS")
+    total = day_count * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+    if total <= 0:
+        raise LaunchError(f"--time {text!r} must be positive")
+    return total
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python launchers/slurm.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_train_arguments(parser)
+    res = parser.add_argument_group("resources")
+    res.add_argument("--nodes", type=int, default=1)
+    res.add_argument("--gpus-per-node", type=int, default=0,
+                     help="GPUs per node; one task per GPU. 0: CPU nodes (gloo, DS_ACCELERATOR=cpu)")
+    res.add_argument("--tasks-per-node", type=int, default=None,
+                     help="ranks per node (default: --gpus-per-node, or 1 on CPU nodes)")
+    res.add_argument("--cpus-per-task", type=int, default=None,
+                     help="CPU cores per rank (default: SLURM's); sets OMP_NUM_THREADS on CPU nodes")
+    res.add_argument("--mem-gb", type=int, default=None, help="memory per node in GB (default: SLURM's)")
+    res.add_argument("--partition", required=True)
+    res.add_argument("--time", required=True, help="time limit [D-]HH:MM:SS (rounded up to minutes)")
+    res.add_argument("--account", default=None)
+    res.add_argument("--qos", default=None)
+    job = parser.add_argument_group("job")
+    job.add_argument("--run-dir", default=None,
+                     help="checkpoints/metrics dir (default: runs/<config name>); logs in RUN_DIR/slurm")
+    job.add_argument("--array", default=None, metavar="SWEEP_YAML",
+                     help="YAML list of override mappings; submits one array task per entry")
+    job.add_argument("--array-parallelism", type=int, default=64, help="max array tasks running at once")
+    job.add_argument("--job-name", default=None, help="default: megacompress-<config name>")
+    job.add_argument("--max-requeues", type=int, default=3,
+                     help="how many times a job that reaches its time limit is requeued")
+    job.add_argument("--signal-delay-s", type=int, default=120,
+                     help="SIGUSR2 this many seconds before the time limit (time to save a checkpoint)")
+    job.add_argument("--module", default=TRAIN_MODULE,
+                     help="entry-point module whose main(argv) each task calls with --config/--set")
+    job.add_argument("--wait", action="store_true", help="wait for the job(s) and print each task's result")
+    return parser
+
+
+def tasks_per_node(args: argparse.Namespace) -> int:
+    return args.tasks_per_node or (args.gpus_per_node if args.gpus_per_node > 0 else 1)
+
+
+def make_executor(args: argparse.Namespace, run_dir: Path) -> submitit.AutoExecutor:
+    tasks = tasks_per_node(args)
+    # submitit counts requeues after time limits (preemptions are requeued without limit).
+    executor = submitit.AutoExecutor(folder=run_dir / "slurm" / "%j", cluster="slurm",
+                                     slurm_max_num_timeout=args.max_requeues)
+    params = dict(
+        nodes=args.nodes, tasks_per_node=tasks, timeout_min=parse_time(args.time),
+        name=args.job_name or f"megacompress-{Path(args.config).stem}",
+        slurm_partition=args.partition, slurm_signal_delay_s=args.signal_delay_s,
+        slurm_array_parallelism=args.array_parallelism,
+        # The job's python must import `launchers` (pickled by reference) from this checkout.
+        slurm_setup=[f"export PYTHONPATH={REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"],
+    )
+    if args.gpus_per_node > 0:
+        params["gpus_per_node"] = args.gpus_per_node
+    if args.cpus_per_task:
+        params["cpus_per_task"] = args.cpus_per_task
+    if args.mem_gb:
+        params["mem_gb"] = args.mem_gb
+    if args.account:
+        params["slurm_account"] = args.account
+    if args.qos:
+        params["slurm_qos"] = args.qos
+    executor.update_parameters(**params)
+    return executor
+
+
+def job_env(args: argparse.Namespace) -> dict[str, str]:
+    if args.gpus_per_node > 0:
+        return {}
+    return cpu_environment(args.cpus_per_task or 1)
+
+
+def submit(args: argparse.Namespace) -> list[submitit.Job]:
+    """Validate every config, then submit one job (or one array task per sweep entry)."""
+    base = command_from_args(args)
+    run_dir = Path(args.run_dir or REPO_ROOT / "runs" / Path(args.config).stem).resolve()
+    if args.array:
+        commands = [base.with_overrides([*extra, run_dir_override(run_dir / f"task_{i}")])
+                    for i, extra in enumerate(load_sweep(args.array))]
+    else:
+        commands = [base.with_overrides([run_dir_override(run_dir)])]
+    world_size = args.nodes * tasks_per_node(args)
+    # Fail here, on the login node, not after waiting in the queue.
+    configs = [validate(c, world_size, on_gpu=args.gpus_per_node > 0) for c in commands]
+    executor = make_executor(args, run_dir)
+    jobs_in = [TrainJob(c, str(cfg.run_dir), env=job_env(args), gpus=args.gpus_per_node > 0,
+                        module=args.module) for c, cfg in zip(commands, configs)]
+    if args.array:
+        with executor.batch():
+            jobs = [executor.submit(job) for job in jobs_in]
+    else:
+        jobs = [executor.submit(jobs_in[0])]
+    for job, command, cfg in zip(jobs, commands, configs):
+        print(f"submitted job {job.job_id}: {args.module} {' '.join(command.argv())}")
+        print(f"  logs:        {job.paths.folder}/{job.job_id}_<task>_log.{{out,err}}")
+        print(f"  metrics:     {cfg.run_dir}/metrics.jsonl")
+        print(f"  checkpoints: {cfg.checkpoint_dir}")
+    return jobs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        jobs = submit(args)
+    except LaunchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not args.wait:
+        return 0
+    failed = 0
+    for job in jobs:
+        try:
+            for task, result in enumerate(job.results()):
+                print(f"job {job.job_id} task {task}: {result}")
+        except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedJobError) as err:
+            print(f"job {job.job_id} failed: {err}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Build train / valid / test datasets from a data config (what the training engine calls).
+
+``DataConfig.data_path`` names shards Megatron-style: a list of prefixes, or of
+alternating ``weight, prefix`` entries for a blend. Each shard's
+``PREFIX.meta.json`` (written by ``megacompress.data.preprocess``) is checked
+against the training tokenizer (fingerprint and vocab size) and tells whether
+documents already end with EOD. ``split`` (e.g. ``"969,30,1"``) cuts every
+shard's documents into contiguous train / valid / test ranges, as Megatron does.
+
+For each split with ``n > 0`` requested samples: one shard gives one dataset of
+``n`` samples; several give a ``BlendedDataset`` of ``n`` samples whose
+components are built with exactly the number of samples the blend takes from
+them. All index arrays go through ``index_cache`` under ``cache_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from megacompress.data.blended import BlendedDataset, blend_counts
+from megacompress.data.document_dataset import DocumentDataset, DocumentDatasetConfig
+from megacompress.data.gpt_dataset import GPTDataset, GPTDatasetConfig
+from megacompress.data.indexed import IndexedDataset
+from megacompress.data.tokenizers import Tokenizer
+
+DATASET_KINDS = ("gpt", "document")
+SPLIT_NAMES = ("train", "valid", "test")
+
+
+@dataclass
+class DataConfig:
+    """The ``data:`` section of a training config.
+
+    ``cache_dir=None`` puts the index cache in ``index-cache/`` next to the first
+    shard. ``use_sentences`` (document kind only): None = use the ``.eos``
+    sidecar when present, True = require it, False = ignore it.
+    """
+
+    data_path: list = field(default_factory=list)
+    kind: str = "gpt"
+    split: str = "969,30,1"
+    seed: int = 1234
+    cache_dir: str | None = None
+    shuffle: bool = True
+    use_sentences: bool | None = None
+
+
+class DataConfigError(ValueError):
+    """The data config or a shard's metadata is unusable; the message names the file or key."""
+
+
+def parse_data_path(data_path: Sequence) -> list[tuple[str, float]]:
+    """``["a"]`` or ``[w1, "a", w2, "b"]`` -> ``[(prefix, weight), ...]``."""
+    items = [str(x) for x in data_path]
+    if not items:
+        raise DataConfigError("data.data_path is empty: give shard prefixes or 'weight prefix' pairs")
+    if len(items) == 1:
+        return [(items[0], 1.0)]
+    if len(items) % 2:
+        raise DataConfigError(f"data.data_path {items}: several shards need alternating weight, prefix entries")
+    pairs = []
+    for weight, prefix in zip(items[::2], items[1::2]):
+        try:
+            pairs.append((prefix, float(weight)))
+        except ValueError:
+            raise DataConfigError(f"data.data_path: weight {weight!r} before {prefix!r} is not a number") from None
+    return pairs
+
+
+def split_ranges(split: str, num_documents: int) -> list[tuple[int, int]]:
+    """``"969,30,1"`` -> three contiguous half-open document ranges covering ``[0, num_documents)``."""
+    try:
+        parts = [float(x) for x in split.replace("/", ",").split(",")]
+    except ValueError:
+        raise DataConfigError(f"data.split {split!r}: expected comma-separated numbers like '969,30,1'") from None
+    parts = (parts + [0.0] * 3)[:3]
+    if any(p < 0 for p in parts) or sum(parts) <= 0:
+        raise DataConfigError(f"data.split {split!r}: weights must be non-negative with a positive sum")
+    bounds = [0]
+    for p in parts:
+        bounds.append(bounds[-1] + round(p / sum(parts) * num_documents))
+    bounds[-1] = num_documents  # absorb rounding
+    bounds = [min(b, num_documents) for b in bounds]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def read_shard_meta(prefix: str) -> dict:
+    """The parsed ``PREFIX.meta.json``; ``DataConfigError`` naming the file if missing or invalid."""
+    path = f"{prefix}.meta.json"
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise DataConfigError(f"{path}: shard metadata missing; (re)create the shard with "
+                              "python -m megacompress.data.preprocess") from None
+    except json.JSONDecodeError as exc:
+        raise DataConfigError(f"{path}: invalid JSON ({exc})") from None
+    required = [("tokenizer", "name"), ("tokenizer", "fingerprint"), ("tokenizer", "vocab_size"),
+                ("flags", "append_eod")]
+    for section, key in required:
+        if key not in meta.get(section, {}):
+            raise DataConfigError(f"{path}: key '{section}.{key}' missing")
+    return meta
+
+
+def check_tokenizer(prefix: str, meta: dict, tokenizer: Tokenizer) -> None:
+    """Refuse a shard tokenized with a different tokenizer than the one training uses."""
+    recorded = meta["tokenizer"]
+    if recorded["vocab_size"] != tokenizer.vocab_size or recorded["fingerprint"] != tokenizer.fingerprint():
+        raise DataConfigError(
+            f"{prefix}.meta.json: shard was tokenized with {recorded['name']} (vocab_size "
+            f"{recorded['vocab_size']}, fingerprint {recorded['fingerprint'][:12]}) but training uses "
+            f"{tokenizer.name} (vocab_size {tokenizer.vocab_size}, fingerprint {tokenizer.fingerprint()[:12]})"
+        )
+
+
+def _default_cache_dir(prefix: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(prefix)), "index-cache")
+
+
+def _build_one(prefix: str, meta: dict, kind: str, config: DataConfig, seq_length: int,
+               num_samples: int, document_range: tuple[int, int], tokenizer: Tokenizer, cache_dir: str):
+    if kind == "gpt":
+        cfg = GPTDatasetConfig(seq_length=seq_length, eod_id=tokenizer.eod, num_samples=num_samples,
+                               seed=config.seed, add_eod=not meta["flags"]["append_eod"], shuffle=config.shuffle,
+                               document_range=document_range)
+        return GPTDataset(prefix, cfg, cache_dir)
+    cfg = DocumentDatasetConfig(seq_length=seq_length, pad_id=tokenizer.special_id("pad"),
+                                num_samples=num_samples, seed=config.seed, shuffle=config.shuffle,
+                                document_range=document_range, use_sentences=config.use_sentences)
+    return DocumentDataset(prefix, cfg, cache_dir)
+
+
+def build_datasets(config: DataConfig, tokenizer: Tokenizer, seq_length: int,
+                   num_samples: Sequence[int]) -> list:
+    """``[train, valid, test]`` datasets with ``num_samples[i]`` samples each (None where 0).
+
+    Collective under ``torch.distributed``: every rank must call it with the same arguments.
+    """
+    if config.kind not in DATASET_KINDS:
+        raise DataConfigError(f"data.kind {config.kind!r}: expected one of {DATASET_KINDS}")
+    if len(num_samples) != 3:
+        raise DataConfigError(f"num_samples must give (train, valid, test) counts, got {list(num_samples)}")
+    shards = parse_data_path(config.data_path)
+    cache_dir = config.cache_dir or _default_cache_dir(shards[0][0])
+    metas = {}
+    for prefix, _ in shards:
+        metas[prefix] = read_shard_meta(prefix)
+        check_tokenizer(prefix, metas[prefix], tokenizer)
+    ranges = {prefix: split_ranges(config.split, len(IndexedDataset(prefix))) for prefix, _ in shards}
+
+    datasets = []
+    for split_id, n in enumerate(num_samples):
+        if not n:
+            datasets.append(None)
+            continue
+        weights = [w for _, w in shards]
+        counts = [n] if len(shards) == 1 else blend_counts(weights, n, cache_dir).tolist()
+        parts = []
+        for (prefix, _), count in zip(shards, counts):
+            document_range = ranges[prefix][split_id]
+            if document_range[0] == document_range[1]:
+                if count:
+                    raise DataConfigError(f"{prefix}: data.split {config.split!r} leaves no documents for the "
+                                          f"{SPLIT_NAMES[split_id]} split but {count} samples are needed")
+                parts.append([])  # weight-zero shard in this split: never sampled by the blend
+                continue
+            parts.append(_build_one(prefix, metas[prefix], config.kind, config, seq_length, count,
+                                    document_range, tokenizer, cache_dir))
+        datasets.append(parts[0] if len(shards) == 1 else BlendedDataset(parts, weights, n, cache_dir))
+    return datasets

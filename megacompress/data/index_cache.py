@@ -1,0 +1,159 @@
+"""Build-once, memory-map-everywhere cache of dataset indices (``.npy`` files).
+
+Datasets describe their sample order with a few integer arrays (document order,
+sample boundaries, shuffle permutation, blend assignment). Building them for a
+large corpus takes seconds to minutes, so they are built once per configuration
+and reused:
+
+* the configuration (a JSON-serialisable dict that must contain everything the
+  arrays depend on, including a content digest of each shard's ``.idx``) is
+  hashed with SHA-256; the first 16 hex digits name the cache entry;
+* on global rank 0 (or in a plain single process) the arrays are built, each
+  written as ``{cache_dir}/{name}-{digest}-{key}.npy`` through a temporary file
+  and ``os.replace``, and finally ``{cache_dir}/{name}-{digest}.json`` (the
+  configuration, human-readable) is written the same way. The JSON file is the
+  completion marker: an entry without it is ignored and rebuilt;
+* all ranks wait at a ``torch.distributed`` barrier, then memory-map the arrays
+  read-only (``np.load(mmap_mode="r")``).
+
+Construction is therefore collective when ``torch.distributed`` is initialised:
+every rank must build the same datasets in the same order. ``cache_dir`` must be
+visible to all ranks (a shared filesystem on multi-node jobs).
+
+With ``cache_dir=None`` nothing is written: each process builds the arrays in
+memory (fine for small validation sets and tests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch.distributed as dist
+
+# Bump when the layout of any cached array changes, so stale caches are not reused.
+CACHE_FORMAT_VERSION = 1
+
+
+@dataclass
+class CachedIndices:
+    """Arrays of one cache entry plus where they came from.
+
+    ``built`` is True when this process built the arrays (cache miss on rank 0 or
+    no cache), False when they were memory-mapped from an existing entry.
+    """
+
+    arrays: dict[str, np.ndarray]
+    digest: str
+    built: bool
+    paths: dict[str, Path]
+
+
+def shard_digest(prefix: str) -> dict:
+    """Identity of a shard for cache keys: SHA-256 of ``PREFIX.idx`` and the ``.bin`` size.
+
+    The content digest (not mtime) makes keys equal on every machine holding the
+    same shard; the ``.idx`` holds every sequence length, so any change to the
+    document layout changes the digest.
+    """
+    idx_path = Path(f"{prefix}.idx")
+    bin_path = Path(f"{prefix}.bin")
+    for path in (idx_path, bin_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: shard file not found")
+    sha = hashlib.sha256()
+    with open(idx_path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return {"prefix": str(prefix), "idx_sha256": sha.hexdigest(), "bin_bytes": bin_path.stat().st_size}
+
+
+def config_digest(config: dict) -> str:
+    """First 16 hex digits of SHA-256 over the canonical JSON of ``config``."""
+    payload = json.dumps({"cache_format": CACHE_FORMAT_VERSION, **config}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def load_or_build(
+    name: str,
+    config: dict,
+    build: Callable[[], dict[str, np.ndarray]],
+    cache_dir: str | os.PathLike | None,
+) -> CachedIndices:
+    """Return the arrays for ``config``, building them on rank 0 on a cache miss.
+
+    ``name`` is a short file-name-safe label (e.g. ``"GPTDataset"``); ``build``
+    returns a dict of key -> 1-D or 2-D numeric array and must be a pure function
+    of ``config``. Collective under ``torch.distributed`` (see module docstring).
+    """
+    digest = config_digest(config)
+    if cache_dir is None:
+        arrays = build()
+        return CachedIndices(arrays=arrays, digest=digest, built=True, paths={})
+
+    cache = Path(cache_dir)
+    marker = cache / f"{name}-{digest}.json"
+    rank = dist.get_rank() if _is_distributed() else 0
+    built = False
+    error: BaseException | None = None
+    if rank == 0 and not marker.is_file():
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            arrays = build()
+            for key, array in arrays.items():
+                _atomic_save_npy(cache / f"{name}-{digest}-{key}.npy", array)
+            description = {"name": name, "digest": digest, "keys": sorted(arrays), "config": config}
+            _atomic_write_text(marker, json.dumps(description, indent=2, sort_keys=True) + "\n")
+            built = True
+        except BaseException as exc:  # reach the barrier anyway so other ranks fail instead of hanging
+            error = exc
+    if _is_distributed():
+        dist.barrier()
+    if error is not None:
+        raise error
+    if not marker.is_file():
+        raise FileNotFoundError(
+            f"{marker}: index cache entry missing after rank 0 built it; rank 0 failed (see its log) "
+            f"or cache_dir {cache} is not shared between ranks"
+        )
+    keys = json.loads(marker.read_text())["keys"]
+    paths = {key: cache / f"{name}-{digest}-{key}.npy" for key in keys}
+    arrays = {}
+    for key, path in paths.items():
+        try:
+            arrays[key] = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: unreadable index cache file ({exc}); delete {marker} to rebuild") from exc
+    return CachedIndices(arrays=arrays, digest=digest, built=built, paths=paths)

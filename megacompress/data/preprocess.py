@@ -1,0 +1,441 @@
+"""Pack a text corpus into Megatron ``.bin/.idx`` shards: ``python -m megacompress.data.preprocess``.
+
+For each ``--json-keys`` key K the output is the shard ``{output_prefix}_{K}_document``
+(Megatron's naming) with one sequence per document, plus
+``{shard}.meta.json`` and, with ``--split-sentences``, the sidecar shard
+``{shard}.eos.bin/.idx`` (int32; sequence i = the offsets, inside document i, of its
+``<|endofsentence|>`` tokens).
+
+Pipeline: the parent reads ordered chunks of records (readers.py), a multiprocessing
+pool tokenizes them (at most ``2 * workers`` chunks in flight, so memory stays
+constant), and the parent writes results in input order. Chunking does not depend
+on ``--workers`` and ``--partitions`` only splits the stream into contiguous pieces
+that are merged back in order, so the shards are byte-identical for any value of
+either. With ``--split-sentences`` the Punkt splitter is trained once, in the parent,
+on the first ``--sentence-train-chars`` characters of the first key's text, and its
+parameters are shipped to the workers.
+
+Bad records are never dropped silently: blank lines, invalid UTF-8, invalid JSON,
+non-object lines, missing keys, non-string values and empty texts are counted in
+the final summary and in ``meta.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field as dc_field
+
+import numpy as np
+from tqdm import tqdm
+
+from megacompress.data import readers
+from megacompress.data.indexed import DTYPE_CODES, IndexedDatasetWriter, best_dtype
+from megacompress.data.tokenizers import TOKENIZER_KINDS, build_tokenizer
+
+RECORD_PROBLEMS = ("blank_line", "invalid_utf8", "invalid_json", "not_an_object")
+KEY_PROBLEMS = ("missing_key", "non_string", "invalid_unicode", "empty")
+
+
+@dataclass
+class PreprocessConfig:
+    inputs: list[str]
+    output_prefix: str
+    tokenizer: str = "gpt2"
+    tokenizer_model: str | None = None
+    json_keys: list[str] = dc_field(default_factory=lambda: ["text"])
+    workers: int = 1
+    partitions: int = 1
+    append_eod: bool = False
+    split_sentences: bool = False
+    dtype: str | None = None  # default: smallest that fits the vocabulary
+    chunk_bytes: int = 256 << 10
+    sentence_train_chars: int = 1_000_000
+
+
+def shard_prefix(output_prefix: str, key: str) -> str:
+    return f"{output_prefix}_{key}_document"
+
+
+# ---------------------------------------------------------------- worker side
+
+_STATE: dict = {}
+
+
+def _init_worker(tokenizer: str, tokenizer_model: str | None, keys: list[str], append_eod: bool, punkt_params) -> None:
+    from megacompress.data.sentences import SentenceSplitter  # NLTK import costs ~1 s; only when splitting
+
+    tok = _STATE.get("tokenizer")
+    if tok is None or (tok.name, getattr(tok, "model_path", None)) != (tokenizer, tokenizer_model):
+        tok = build_tokenizer(tokenizer, tokenizer_model)
+    _STATE.update(
+        tokenizer=tok,
+        keys=keys,
+        append_eod=append_eod,
+        splitter=SentenceSplitter(punkt_params) if punkt_params is not None else None,
+        eos=tok.special_id("eos"),
+    )
+
+
+@dataclass
+class KeyResult:
+    """One chunk's output for one key: documents concatenated."""
+
+    tokens: np.ndarray  # int64 [sum(doc_lengths)]
+    doc_lengths: np.ndarray  # int64 [documents]
+    eos_offsets: np.ndarray  # int32 [sum(eos_counts)], offsets inside each document
+    eos_counts: np.ndarray  # int64 [documents]
+
+
+def _encode_document(text: str) -> tuple[list[int], list[int]]:
+    tok, splitter = _STATE["tokenizer"], _STATE["splitter"]
+    offsets: list[int] = []
+    if splitter is None:
+        ids = tok.encode(text)
+    else:
+        ids = []
+        for sentence in splitter.split(text):
+            ids.extend(tok.encode(sentence))
+            offsets.append(len(ids))
+            ids.append(_STATE["eos"])
+    if _STATE["append_eod"]:
+        ids.append(tok.eod)
+    return ids, offsets
+
+
+def process_chunk(chunk: readers.Chunk) -> tuple[dict[str, KeyResult], Counter]:
+    """Tokenize one chunk; returns per-key results and problem/record counters."""
+    stats: Counter = Counter()
+    out = {k: ([], [], [], []) for k in _STATE["keys"]}
+    for payload in chunk.records:
+        stats["records"] += 1
+        problem, fields = readers.parse_record(chunk.kind, payload)
+        if problem is not None:
+            stats[problem] += 1
+            continue
+        for key in _STATE["keys"]:
+            try:
+                value = readers.field(fields, key)
+            except KeyError:
+                stats[f"{key}/missing_key"] += 1
+                continue
+            if not isinstance(value, str):
+                stats[f"{key}/non_string"] += 1
+                continue
+            if value == "":
+                stats[f"{key}/empty"] += 1
+                continue
+            try:
+                ids, offsets = _encode_document(value)
+            except ValueError:  # lone surrogates from a JSON "\ud800" escape
+                stats[f"{key}/invalid_unicode"] += 1
+                continue
+            tokens, lengths, eos, counts = out[key]
+            tokens.extend(ids)
+            lengths.append(len(ids))
+            eos.extend(offsets)
+            counts.append(len(offsets))
+    results = {
+        key: KeyResult(
+            np.asarray(t, dtype=np.int64),
+            np.asarray(l, dtype=np.int64),
+            np.asarray(e, dtype=np.int32),
+            np.asarray(c, dtype=np.int64),
+        )
+        for key, (t, l, e, c) in out.items()
+    }
+    return results, stats
+
+
+def _ordered_map(pool, fn, items, window: int):
+    """``pool.imap`` with at most ``window`` tasks in flight (imap would read all input ahead)."""
+    pending: deque = deque()
+    for item in items:
+        pending.append((item, pool.apply_async(fn, (item,))))
+        if len(pending) >= window:
+            done_item, res = pending.popleft()
+            yield done_item, res.get()
+    while pending:
+        done_item, res = pending.popleft()
+        yield done_item, res.get()
+
+
+# ---------------------------------------------------------------- parent side
+
+
+def _train_splitter(files: list[str], key: str, max_chars: int):
+    from megacompress.data.sentences import SentenceSplitter
+
+    texts, total = [], 0
+    for chunk in readers.iter_chunks(readers.plan_partitions(files, 1)[0], 1 << 20):
+        for payload in chunk.records:
+            _, fields = readers.parse_record(chunk.kind, payload)
+            value = None
+            if fields is not None:
+                try:
+                    value = readers.field(fields, key)
+                except KeyError:
+                    pass
+            if isinstance(value, str) and value:
+                texts.append(value[: max_chars - total])
+                total += len(texts[-1])
+            if total >= max_chars:
+                return SentenceSplitter.train(texts), total
+    return SentenceSplitter.train(texts), total
+
+
+def _resolve_dtype(name: str | None, vocab_size: int) -> np.dtype:
+    if name is None:
+        return best_dtype(vocab_size)
+    dtype = np.dtype(name)
+    if dtype not in DTYPE_CODES.values() or dtype.kind not in "iu":
+        raise ValueError(f"--dtype {name}: not an integer Megatron dtype")
+    if np.iinfo(dtype).max < vocab_size - 1:
+        raise ValueError(f"--dtype {name}: cannot hold token ids up to {vocab_size - 1}")
+    return dtype
+
+
+class _KeyOutput:
+    """Main writer (+ optional EOS sidecar writer) of one key in one partition."""
+
+    def __init__(self, prefix: str, dtype: np.dtype, with_eos: bool) -> None:
+        self.main = IndexedDatasetWriter(prefix, dtype)
+        self.eos = IndexedDatasetWriter(prefix + ".eos", np.int32) if with_eos else None
+
+    def write(self, r: KeyResult) -> None:
+        doc_ends = np.cumsum(r.doc_lengths)
+        eos_ends = np.cumsum(r.eos_counts)
+        for d in range(len(r.doc_lengths)):
+            start = doc_ends[d] - r.doc_lengths[d]
+            self.main.add_document(r.tokens[start : doc_ends[d]])
+            if self.eos is not None:
+                self.eos.add_document(r.eos_offsets[eos_ends[d] - r.eos_counts[d] : eos_ends[d]])
+
+    def writers(self):
+        return [w for w in (self.main, self.eos) if w is not None]
+
+
+def _write_json_atomic(path: str, obj) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def preprocess(cfg: PreprocessConfig) -> dict:
+    """Run the whole pipeline; returns the summary (also written into each meta.json)."""
+    t0 = time.perf_counter()
+    files = readers.expand_inputs(cfg.inputs)
+    tok = build_tokenizer(cfg.tokenizer, cfg.tokenizer_model)
+    _STATE["tokenizer"] = tok
+    dtype = _resolve_dtype(cfg.dtype, tok.vocab_size)
+    if cfg.workers < 1 or cfg.partitions < 1:
+        raise ValueError("--workers and --partitions must be >= 1")
+    if len(set(cfg.json_keys)) != len(cfg.json_keys):
+        raise ValueError(f"--json-keys has duplicates: {cfg.json_keys}")
+
+    punkt_params, trained_chars = None, 0
+    if cfg.split_sentences:
+        splitter, trained_chars = _train_splitter(files, cfg.json_keys[0], cfg.sentence_train_chars)
+        punkt_params = splitter.params
+
+    partitions = readers.plan_partitions(files, cfg.partitions)
+    total_bytes = sum(os.path.getsize(p) for p in files)
+    init_args = (cfg.tokenizer, cfg.tokenizer_model, cfg.json_keys, cfg.append_eod, punkt_params)
+    _init_worker(*init_args)
+    pool = None
+    if cfg.workers > 1:
+        # Forked workers inherit the parent's tokenizer and splitter (building the
+        # GPT-2 ranks takes ~0.7 s); spawned ones (macOS) rebuild them.
+        method = "spawn" if sys.platform == "darwin" else "fork"
+        pool = mp.get_context(method).Pool(
+            cfg.workers,
+            initializer=_init_worker if method == "spawn" else None,
+            initargs=init_args if method == "spawn" else (),
+        )
+
+    stats: Counter = Counter()
+    outputs: list[_KeyOutput] = []
+    part_prefixes: list[dict[str, str]] = []
+    try:
+        bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="preprocess", disable=None)
+        for p, segments in enumerate(partitions):
+            names = {
+                key: shard_prefix(cfg.output_prefix, key)
+                + ("" if len(partitions) == 1 else f".part{p:04d}-of-{len(partitions):04d}")
+                for key in cfg.json_keys
+            }
+            outs = {key: _KeyOutput(name, dtype, cfg.split_sentences) for key, name in names.items()}
+            outputs = list(outs.values())
+            chunks = readers.iter_chunks(segments, cfg.chunk_bytes)
+            results = (
+                _ordered_map(pool, process_chunk, chunks, 2 * cfg.workers)
+                if pool is not None
+                else ((c, process_chunk(c)) for c in chunks)
+            )
+            for chunk, (per_key, chunk_stats) in results:
+                stats.update(chunk_stats)
+                for key, r in per_key.items():
+                    outs[key].write(r)
+                    stats[f"{key}/documents"] += len(r.doc_lengths)
+                    stats[f"{key}/tokens"] += int(r.doc_lengths.sum())
+                    stats[f"{key}/sentences"] += int(r.eos_counts.sum())
+                bar.update(chunk.nbytes)
+            for out in outputs:
+                for w in out.writers():
+                    w.finalize()
+            outputs = []
+            part_prefixes.append(names)
+        bar.close()
+        if len(partitions) > 1:
+            _merge_partitions(cfg, part_prefixes, dtype)
+    except BaseException:
+        for out in outputs:
+            for w in out.writers():
+                w.abort()
+        _remove_partitions(cfg, part_prefixes)
+        raise
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+    seconds = time.perf_counter() - t0
+    summary = _summary(cfg, files, stats, total_bytes, seconds, trained_chars)
+    for key in cfg.json_keys:
+        prefix = shard_prefix(cfg.output_prefix, key)
+        meta = {
+            "shard": os.path.basename(prefix),
+            "json_key": key,
+            "tokenizer": {
+                "name": tok.name,
+                "model": os.path.basename(cfg.tokenizer_model) if cfg.tokenizer_model else None,
+                "fingerprint": tok.fingerprint(),
+                "vocab_size": tok.vocab_size,
+                "special_ids": {n: tok.special_id(n) for n in ("eod", "eos", "gist", "pad")},
+            },
+            "dtype": dtype.name,
+            "flags": {
+                "append_eod": cfg.append_eod,
+                "split_sentences": cfg.split_sentences,
+                "json_keys": cfg.json_keys,
+                "sentence_train_chars": trained_chars if cfg.split_sentences else None,
+            },
+            "inputs": [os.path.basename(f) for f in files],
+            "eos_sidecar": os.path.basename(prefix) + ".eos" if cfg.split_sentences else None,
+            "counts": summary["keys"][key] | {"records": summary["records"]},
+        }
+        _write_json_atomic(prefix + ".meta.json", meta)
+    return summary
+
+
+def _merge_partitions(cfg: PreprocessConfig, part_prefixes: list[dict[str, str]], dtype) -> None:
+    suffixes = [""] + ([".eos"] if cfg.split_sentences else [])
+    for key in cfg.json_keys:
+        for suffix in suffixes:
+            final = shard_prefix(cfg.output_prefix, key) + suffix
+            with IndexedDatasetWriter(final, np.int32 if suffix else dtype) as w:
+                for names in part_prefixes:
+                    w.merge(names[key] + suffix)
+    _remove_partitions(cfg, part_prefixes)
+
+
+def _remove_partitions(cfg: PreprocessConfig, part_prefixes: list[dict[str, str]]) -> None:
+    if len(part_prefixes) < 2 and not any(".part" in n for names in part_prefixes for n in names.values()):
+        return
+    for names in part_prefixes:
+        for name in names.values():
+            for suffix in ("", ".eos"):
+                for ext in (".bin", ".idx"):
+                    try:
+                        os.remove(name + suffix + ext)
+                    except FileNotFoundError:
+                        pass
+
+
+def _summary(cfg, files, stats: Counter, total_bytes: int, seconds: float, trained_chars: int) -> dict:
+    keys = {
+        key: {name: stats[f"{key}/{name}"] for name in ("documents", "tokens", "sentences", *KEY_PROBLEMS)}
+        for key in cfg.json_keys
+    }
+    return {
+        "files": len(files),
+        "bytes": total_bytes,
+        "seconds": seconds,
+        "records": {name: stats[name] for name in ("records", *RECORD_PROBLEMS)},
+        "keys": keys,
+    }
+
+
+def _format_summary(summary: dict) -> str:
+    lines = []
+    rec = summary["records"]
+    mb = summary["bytes"] / 1e6
+    secs = max(summary["seconds"], 1e-9)
+    skipped = ", ".join(f"{k} {v}" for k, v in rec.items() if k != "records")
+    lines.append(f"records {rec['records']} ({skipped})")
+    for key, c in summary["keys"].items():
+        problems = ", ".join(f"{k} {c[k]}" for k in KEY_PROBLEMS)
+        lines.append(f"[{key}] skipped: {problems}")
+    docs = sum(c["documents"] for c in summary["keys"].values())
+    tokens = sum(c["tokens"] for c in summary["keys"].values())
+    lines.append(
+        f"done: {docs} documents, {tokens} tokens, {mb:.2f} MB in {secs:.2f} s "
+        f"({mb / secs:.2f} MB/s, {tokens / secs:,.0f} tokens/s)"
+    )
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m megacompress.data.preprocess",
+        description="Tokenize a corpus into Megatron-compatible .bin/.idx shards "
+        "(one per --json-keys key: OUTPUT_PREFIX_{key}_document).",
+    )
+    p.add_argument("--input", nargs="+", required=True, help="files or globs: .jsonl, .json, .parquet, .txt (one document per .txt file)")
+    p.add_argument("--json-keys", nargs="+", default=["text"], help="keys to pack, one output shard each (default: text)")
+    p.add_argument("--tokenizer", choices=TOKENIZER_KINDS, default="gpt2", help="tokenizer kind (default: gpt2)")
+    p.add_argument("--tokenizer-model", help="SentencePiece .model file (for --tokenizer sentencepiece)")
+    p.add_argument("--output-prefix", required=True, help="output path prefix")
+    p.add_argument("--workers", type=int, default=1, help="tokenizer processes (default: 1)")
+    p.add_argument("--partitions", type=int, default=1, help="process the input as N contiguous partitions, then merge (default: 1)")
+    p.add_argument("--append-eod", action="store_true", help="append the end-of-document token to every document")
+    p.add_argument("--split-sentences", action="store_true", help="append <|endofsentence|> after every sentence and write the OUTPUT.eos sidecar")
+    p.add_argument("--dtype", choices=sorted(d.name for d in DTYPE_CODES.values() if d.kind in "iu"), help="token dtype (default: uint16 if the vocabulary fits, else int32)")
+    p.add_argument("--chunk-bytes", type=int, default=PreprocessConfig.chunk_bytes, help="input bytes per worker task (default: %(default)s)")
+    p.add_argument("--sentence-train-chars", type=int, default=PreprocessConfig.sentence_train_chars, help="characters of text to train the sentence splitter on (default: %(default)s)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    cfg = PreprocessConfig(
+        inputs=args.input,
+        output_prefix=args.output_prefix,
+        tokenizer=args.tokenizer,
+        tokenizer_model=args.tokenizer_model,
+        json_keys=args.json_keys,
+        workers=args.workers,
+        partitions=args.partitions,
+        append_eod=args.append_eod,
+        split_sentences=args.split_sentences,
+        dtype=args.dtype,
+        chunk_bytes=args.chunk_bytes,
+        sentence_train_chars=args.sentence_train_chars,
+    )
+    try:
+        summary = preprocess(cfg)
+    except (readers.InputError, ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(_format_summary(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,334 @@
+"""Tokenizers: GPT-2 BPE (tiktoken, bundled files), SentencePiece, raw bytes.
+
+All three implement the ``Tokenizer`` interface of docs/architecture.md:
+
+* ``encode(text)`` never produces a special id (a literal ``"<|endoftext|>"`` in the
+  text is encoded as ordinary text), and ``decode(encode(text)) == text`` for every
+  ``str`` that UTF-8 can encode (lone surrogates raise ``ValueError``).
+* Special tokens are looked up by role: ``"eod"`` (end of document),
+  ``"eos"`` (``<|endofsentence|>``, the GPTHF sentence end), ``"gist"`` (``<GIST>``)
+  and ``"pad"``.
+* ``fingerprint()`` is the sha256 of the kind, the vocabulary and the special ids:
+  equal fingerprints mean equal ids for every text, in any process.
+
+Id layouts:
+
+=============  ===================================  ====  =====  =====  ===========
+kind           vocabulary                           eod   eos    gist   vocab_size
+=============  ===================================  ====  =====  =====  ===========
+gpt2           GPT-2's 50,257 ids                   50256 50257  50258  50259
+bytes          byte value b -> id b (0..255)        256   257    258    259
+sentencepiece  the model's pieces, then any missing specials appended in the order
+               eod, eos, gist (models from :func:`train_sentencepiece` already hold all)
+=============  ===================================  ====  =====  =====  ===========
+
+``pad`` is ``eod`` except for a SentencePiece model with its own pad piece.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from importlib import resources
+from typing import Protocol, runtime_checkable
+
+SPECIAL_NAMES = ("eod", "eos", "gist", "pad")
+EOD_TEXT = "<|endoftext|>"
+EOS_TEXT = "<|endofsentence|>"
+GIST_TEXT = "<GIST>"
+TOKENIZER_KINDS = ("gpt2", "sentencepiece", "bytes")
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    name: str
+    vocab_size: int
+    eod: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def special_id(self, name: str) -> int: ...
+
+    def fingerprint(self) -> str: ...
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"text is not encodable as UTF-8 (lone surrogate at {e.start})") from e
+
+
+class _Specials:
+    """Shared special-token bookkeeping: role -> id, id -> display text."""
+
+    def _init_specials(self, ids: dict[str, int], texts: dict[int, str]) -> None:
+        self._special_ids = dict(ids)
+        self._special_texts = dict(texts)
+        self.eod = ids["eod"]
+        self._fingerprint: str | None = None
+
+    def special_id(self, name: str) -> int:
+        if name not in self._special_ids:
+            raise KeyError(f"unknown special token {name!r}; known: {', '.join(SPECIAL_NAMES)}")
+        return self._special_ids[name]
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        return dict(self._special_ids)
+
+    def _vocabulary_digest(self, h: "hashlib._Hash") -> None:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(self.name.encode())
+            h.update(json.dumps(self._special_ids, sort_keys=True).encode())
+            self._vocabulary_digest(h)
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+
+class BytesTokenizer(_Specials):
+    """UTF-8 bytes as ids 0..255; eod 256, eos 257, gist 258, pad = eod."""
+
+    name = "bytes"
+    vocab_size = 259
+
+    def __init__(self) -> None:
+        self._init_specials(
+            {"eod": 256, "eos": 257, "gist": 258, "pad": 256},
+            {256: EOD_TEXT, 257: EOS_TEXT, 258: GIST_TEXT},
+        )
+
+    def encode(self, text: str) -> list[int]:
+        return list(_utf8(text))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        out, run = [], bytearray()
+        for i in ids:
+            i = int(i)
+            if i < 256:
+                run.append(i)
+                continue
+            out.append(run.decode("utf-8", errors="replace"))
+            run.clear()
+            out.append(self._special_texts[i])
+        out.append(run.decode("utf-8", errors="replace"))
+        return "".join(out)
+
+    def _vocabulary_digest(self, h) -> None:
+        h.update(bytes(range(256)))
+
+
+class GPT2Tokenizer(_Specials):
+    """GPT-2 BPE from the bundled ``encoder.json``/``vocab.bpe``; ids equal GPT-2's."""
+
+    name = "gpt2"
+    vocab_size = 50259
+
+    def __init__(self) -> None:
+        import tiktoken
+        from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+        from tiktoken_ext.openai_public import r50k_pat_str
+
+        assets = resources.files("megacompress") / "assets" / "gpt2"
+        ranks = data_gym_to_mergeable_bpe_ranks(
+            vocab_bpe_file=str(assets / "vocab.bpe"), encoder_json_file=str(assets / "encoder.json")
+        )
+        if len(ranks) != 50256:
+            raise ValueError(f"{assets}: expected 50,256 mergeable GPT-2 tokens, found {len(ranks)}")
+        self._ranks = ranks
+        specials = {EOD_TEXT: 50256, EOS_TEXT: 50257, GIST_TEXT: 50258}
+        self._enc = tiktoken.Encoding(
+            name="megacompress-gpt2",
+            pat_str=r50k_pat_str,
+            mergeable_ranks=ranks,
+            special_tokens=specials,
+        )
+        self._init_specials(
+            {"eod": 50256, "eos": 50257, "gist": 50258, "pad": 50256},
+            {v: k for k, v in specials.items()},
+        )
+
+    def encode(self, text: str) -> list[int]:
+        _utf8(text)  # tiktoken would silently replace lone surrogates
+        return self._enc.encode_ordinary(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._enc.decode_bytes([int(i) for i in ids]).decode("utf-8", errors="replace")
+
+    def _vocabulary_digest(self, h) -> None:
+        for token, rank in sorted(self._ranks.items(), key=lambda kv: kv[1]):
+            h.update(rank.to_bytes(4, "little") + len(token).to_bytes(2, "little") + token)
+
+
+class SentencePieceTokenizer(_Specials):
+    """A SentencePiece ``.model``.
+
+    Lossless for models from :func:`train_sentencepiece` (identity normalization,
+    byte fallback, no dummy prefix). SentencePiece decodes the meta symbol ``▁``
+    (U+2581) as a space, so a literal ``▁`` in the text is encoded by its UTF-8
+    byte-fallback pieces instead, which decode back to ``▁``.
+    """
+
+    name = "sentencepiece"
+
+    def __init__(self, model_path: str) -> None:
+        import sentencepiece as spm
+
+        if not os.path.isfile(model_path):
+            raise FileNotFoundError(f"{model_path}: SentencePiece model not found")
+        self.model_path = model_path
+        self._sp = spm.SentencePieceProcessor(model_file=model_path)
+        n = self._sp.get_piece_size()
+        self._byte_ids = {}
+        for b in b"\xe2\x96\x81":  # UTF-8 of U+2581
+            piece = f"<0x{b:02X}>"
+            pid = self._sp.piece_to_id(piece)
+            self._byte_ids[b] = pid if self._sp.id_to_piece(pid) == piece else None
+
+        def find(text: str) -> int | None:
+            pid = self._sp.piece_to_id(text)
+            return pid if self._sp.id_to_piece(pid) == text and pid != self._sp.unk_id() else None
+
+        extra: dict[int, str] = {}
+
+        def register(text: str, existing: int | None) -> int:
+            nonlocal n
+            if existing is not None and existing >= 0:
+                return existing
+            extra[n] = text
+            n += 1
+            return n - 1
+
+        eod = register(EOD_TEXT, self._sp.eos_id() if self._sp.eos_id() >= 0 else find(EOD_TEXT))
+        eos = register(EOS_TEXT, find(EOS_TEXT))
+        gist = register(GIST_TEXT, find(GIST_TEXT))
+        pad = self._sp.pad_id() if self._sp.pad_id() >= 0 else eod
+        self._sp_size = self._sp.get_piece_size()
+        self.vocab_size = n
+        texts = {i: self._sp.id_to_piece(i) for i in (eod, eos, gist) if i < self._sp_size}
+        texts.update(extra)
+        self._init_specials({"eod": eod, "eos": eos, "gist": gist, "pad": pad}, texts)
+
+    def encode(self, text: str) -> list[int]:
+        _utf8(text)
+        if "▁" not in text:
+            return self._sp.encode(text, out_type=int)
+        if None in self._byte_ids.values():
+            raise ValueError(f"{self.model_path}: text contains '▁' but the model has no byte fallback")
+        escaped = [self._byte_ids[b] for b in b"\xe2\x96\x81"]
+        ids: list[int] = []
+        for k, part in enumerate(text.split("▁")):
+            if k:
+                ids.extend(escaped)
+            if part:
+                ids.extend(self._sp.encode(part, out_type=int))
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        # Specials outside the model are rendered by name; runs of model ids go to sp.
+        out, run = [], []
+        for i in ids:
+            i = int(i)
+            if i < self._sp_size and i not in self._special_texts:
+                run.append(i)
+                continue
+            out.append(self._decode_run(run))
+            run = []
+            out.append(self._special_texts[i])
+        out.append(self._decode_run(run))
+        return "".join(out)
+
+    def _decode_run(self, run: list[int]) -> str:
+        # Decode byte pieces and text pieces separately so that a byte-escaped "▁"
+        # is not turned into a space by the decoder's meta-symbol rule.
+        if not run:
+            return ""
+        pieces = [self._sp.id_to_piece(i) for i in run]
+        out, buf, raw = [], [], bytearray()
+        for pid, piece in zip(run, pieces):
+            if self._sp.is_byte(pid):
+                if buf:
+                    out.append(self._sp.decode(buf))
+                    buf = []
+                raw.append(int(piece[3:5], 16))
+            else:
+                if raw:
+                    out.append(raw.decode("utf-8", errors="replace"))
+                    raw = bytearray()
+                buf.append(pid)
+        if buf:
+            out.append(self._sp.decode(buf))
+        if raw:
+            out.append(raw.decode("utf-8", errors="replace"))
+        return "".join(out)
+
+    def _vocabulary_digest(self, h) -> None:
+        h.update(self._sp.serialized_model_proto())
+
+
+def train_sentencepiece(
+    input_files: Sequence[str],
+    model_prefix: str,
+    vocab_size: int,
+    model_type: str = "bpe",
+    input_sentence_size: int = 2_000_000,
+) -> str:
+    """Train a lossless SentencePiece model on plain-text files; returns ``MODEL_PREFIX.model``.
+
+    Lossless setup: identity normalization, whitespace kept as is, no dummy prefix,
+    byte fallback (no unknown pieces), digits split. ``<|endoftext|>`` is the eos
+    piece (role ``eod``); ``<|endofsentence|>`` and ``<GIST>`` are control symbols
+    (never produced by ``encode``). Deterministic for the same inputs.
+    """
+    import sentencepiece as spm
+
+    for path in input_files:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: SentencePiece training file not found")
+    os.makedirs(os.path.dirname(os.path.abspath(model_prefix)), exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        input=list(input_files),
+        model_prefix=model_prefix,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=False,
+        byte_fallback=True,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        max_sentence_length=1 << 20,
+        input_sentence_size=input_sentence_size,
+        shuffle_input_sentence=False,
+        character_coverage=0.9995,
+        unk_id=0,
+        bos_id=-1,
+        eos_id=1,
+        pad_id=-1,
+        eos_piece=EOD_TEXT,
+        control_symbols=[EOS_TEXT, GIST_TEXT],
+        num_threads=1,
+        minloglevel=2,
+    )
+    return model_prefix + ".model"
+
+
+def build_tokenizer(kind: str, model_path: str | None = None) -> Tokenizer:
+    """``kind`` in ``gpt2 | sentencepiece | bytes``; ``model_path`` only for sentencepiece."""
+    if kind == "gpt2":
+        return GPT2Tokenizer()
+    if kind == "bytes":
+        return BytesTokenizer()
+    if kind == "sentencepiece":
+        if model_path is None:
+            raise ValueError("the sentencepiece tokenizer needs a model path (--tokenizer-model)")
+        return SentencePieceTokenizer(model_path)
+    raise ValueError(f"unknown tokenizer {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")

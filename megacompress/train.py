@@ -1,0 +1,54 @@
+"""``python -m megacompress.train``: train a GPT with DeepSpeed ZeRO from a YAML config.
+
+Run it under a launcher that sets RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT
+(torchrun, the deepspeed launcher, SLURM via launchers/), or plainly for one process::
+
+    torchrun --nproc-per-node 2 -m megacompress.train --config configs/tiny_gpt.yaml \\
+        --set schedule.train_steps=200 --set optimizer.lr=3e-4
+
+Exit status: 0 when training finished (or stopped at ``--stop-at-step``), `EXIT_REQUEUE`
+(75) after SIGTERM/SIGUSR2 made it save a checkpoint and stop; resuming is automatic
+(``checkpoint.resume``: the next run loads ``CHECKPOINT_DIR/latest``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from megacompress.training.config import load_config
+from megacompress.training.signals import EXIT_REQUEUE
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m megacompress.train", description=__doc__.split("\n\n")[0],
+        epilog=f"Exit codes: 0 finished / stopped; {EXIT_REQUEUE} checkpointed after SIGTERM or SIGUSR2 "
+               "(requeue and rerun the same command to resume). See docs/training.md.")
+    parser.add_argument("--config", help="YAML training config (e.g. configs/tiny_gpt.yaml); "
+                                         "defaults are used for missing keys")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key, e.g. --set optimizer.lr=3e-4 (repeatable)")
+    parser.add_argument("--stop-at-step", type=int, default=0, metavar="K",
+                        help="save a checkpoint and exit 0 once K optimizer steps are done "
+                             "(the schedule still spans schedule.train_steps)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    config = load_config(args.config, args.overrides)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return 0
+    from megacompress.training.trainer import Trainer  # heavy imports (DeepSpeed) only when training
+
+    result = Trainer(config, stop_at_step=args.stop_at_step).train()
+    return EXIT_REQUEUE if result.reason == "signal" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Metrics: one JSON object per line in ``RUN_DIR/metrics.jsonl`` (rank 0), optional TensorBoard.
+
+Training lines (``"split": "train"``) have: ``step`` (optimizer steps done), ``loss`` (mean
+over the step's micro batches and DP ranks), ``lr``, ``grad_norm`` (before clipping),
+``global_batch_size``, ``samples_seen``, ``tokens_seen``, ``tokens_per_s`` (all ranks,
+since the previous line), ``step_time_s``, ``memory_rss_gb`` (this process), and on GPU
+``memory_cuda_max_gb`` and ``mfu`` (model FLOPs utilisation, from
+``megacompress.models.flops.flops_per_token`` and the GPU's peak bf16 FLOP/s).
+Validation lines (``"split": "valid"``) have ``step``, ``loss`` and ``ppl``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+# Dense bf16 peak FLOP/s per device, by name substring (for the MFU estimate only).
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40": 181e12, "A10": 125e12, "V100": 125e12}
+
+
+def peak_flops() -> float | None:
+    """Peak bf16 FLOP/s of the current CUDA device, or None (CPU / unknown GPU: no MFU)."""
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def memory_stats() -> dict[str, float]:
+    stats = {"memory_rss_gb": psutil.Process().memory_info().rss / 2**30}
+    if torch.cuda.is_available():
+        stats["memory_cuda_max_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return stats
+
+
+class MetricsLogger:
+    """Appends metric dicts to ``metrics.jsonl`` (and TensorBoard when asked and installed).
+
+    Only the process constructed with ``enabled=True`` (global rank 0) writes. Lines are
+    flushed immediately, so a killed run keeps every line it logged.
+    """
+
+    def __init__(self, run_dir: str | Path, *, enabled: bool, tensorboard: bool = False):
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._file = None
+        self._tb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                print("[megacompress] logging.tensorboard=true but tensorboard is not installed; "
+                      "writing metrics.jsonl only", flush=True)
+            else:
+                self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self._file.write(json.dumps(record, sort_keys=True) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            split = record.get("split", "train")
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self._tb.add_scalar(f"{split}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,332 @@
+"""The training loop: GPT + data + DeepSpeed ZeRO engine, checkpoints, metrics, signals.
+
+One optimizer step ``k`` consumes a global batch of ``G_k`` sequences (`BatchSizeRamp`),
+split into ``G_k / (micro x DP)`` micro batches per DP rank (the gradient-accumulation
+count, which DeepSpeed learns through ``set_train_batch_size``). The accumulation boundary
+is set explicitly on every micro batch, because DeepSpeed's own counter
+(``micro_steps % gas``) goes out of phase when ``gas`` changes during a ramp.
+
+Equivalences the tests rely on: DP=d with micro batch m and DP=1 with d accumulation
+steps of m see the same micro batches (the sampler gives DP rank r the r-th block of
+each global batch) and average the same per-micro-batch losses, so their losses agree to
+float rounding; TP=k equals TP=1 because the model's initialisation and loss are
+TP-invariant. On CPU everything is fp32 and deterministic, so a resumed run repeats
+an uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from megacompress.data.builder import build_datasets
+from megacompress.data.collate import collate
+from megacompress.data.sampler import DataParallelSampler
+from megacompress.data.tokenizers import build_tokenizer
+from megacompress.models.flops import count_parameters, flops_per_token
+from megacompress.models.gpt import GPT
+from megacompress.parallel import state
+from megacompress.parallel.grads import grad_norm
+from megacompress.training.checkpoint import CheckpointManager, TrainState, read_latest, write_text_atomic
+from megacompress.training.config import TrainConfig, TrainConfigError
+from megacompress.training.ds_config import build_ds_config
+from megacompress.training.metrics import MetricsLogger, memory_stats, peak_flops
+from megacompress.training.rng import get_rng_state, seed_everything, set_rng_state
+from megacompress.training.schedules import BatchSizeRamp, WarmupDecayLR
+from megacompress.training.signals import StopSignal
+
+MODEL_INPUTS = ("input_ids", "position_ids", "document_ids", "labels")
+
+
+@dataclass
+class TrainResult:
+    """How `Trainer.train` ended: ``finished`` (all steps), ``stopped`` (``stop_at_step``)
+    or ``signal`` (SIGTERM/SIGUSR2: checkpointed, the caller should exit `EXIT_REQUEUE`)."""
+
+    reason: str
+    step: int
+    checkpoint: str | None
+    history: list[dict[str, Any]]
+
+
+def import_deepspeed():
+    """Import DeepSpeed with its shared-memory comm kernel disabled.
+
+    That kernel only speeds up CPU inference all-reduces, and DeepSpeed JIT-compiles it
+    (~50 s, once per machine) in every ``TorchBackend``; training uses gloo/nccl directly.
+    """
+    import deepspeed
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    return deepspeed
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices (ndim >= 2: linear and embedding weights), none on norms."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Trainer:
+    """Builds everything from a `TrainConfig` (collective: every rank constructs one)."""
+
+    def __init__(self, config: TrainConfig, *, stop_at_step: int = 0):
+        self.config = config
+        self.stop_at_step = stop_at_step
+        _default_single_process_env()
+        state.initialize(config.parallel.tensor_parallel_size)
+        deepspeed = import_deepspeed()
+        self.rank = state.get_rank()
+        self.is_main = self.rank == 0
+        self.dp_size = state.get_data_parallel_world_size()
+        self.dp_rank = state.get_data_parallel_rank()
+        self.on_gpu = torch.cuda.is_available()
+        seed_everything(config.seed)
+
+        self.model_config = config.model.build()
+        self.model_config.validate(state.get_tensor_parallel_world_size())
+        self.seq_length = self.model_config.max_seq_len
+        model = GPT(self.model_config, seed=config.seed)
+        opt = config.optimizer
+        optimizer = torch.optim.AdamW(parameter_groups(model, opt.weight_decay), lr=opt.lr,
+                                      betas=(opt.beta1, opt.beta2), eps=opt.eps)
+        s = config.schedule
+        scheduler = WarmupDecayLR(optimizer, lr=opt.lr, min_lr=opt.min_lr, warmup_steps=s.warmup_steps,
+                                  train_steps=s.train_steps, decay=s.decay)
+        try:
+            self.ramp = BatchSizeRamp.from_schedule(s, self.dp_size)
+        except ValueError as exc:
+            raise TrainConfigError(str(exc)) from None
+        self.ds_config = build_ds_config(config, self.dp_size, on_gpu=self.on_gpu,
+                                         global_batch_size=self.ramp(0))
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                    mpu=state.mpu, config=self.ds_config)
+        self.checkpoints = CheckpointManager(config.checkpoint_dir, config.checkpoint.keep_last)
+        self.train_state = TrainState(step=0, consumed_samples=0, tokens_seen=0)
+        self.resumed_from = self._maybe_resume()
+        self.start_step = self.train_state.step
+
+        tokenizer = build_tokenizer(config.tokenizer.kind, config.tokenizer.model_path or None)
+        self.total_train_samples = sum(self.ramp(k) for k in range(s.train_steps))
+        self.eval_samples = config.eval.iters * s.micro_batch_size * self.dp_size
+        self.train_data, self.valid_data = self._build_datasets(tokenizer)
+        self.metrics = MetricsLogger(config.run_dir, enabled=self.is_main, tensorboard=config.logging.tensorboard)
+        self.flops_per_token = flops_per_token(self.model_config, self.seq_length)
+        self.peak_flops = peak_flops()
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ setup
+    def _build_datasets(self, tokenizer):
+        cfg = self.config
+        data = replace(cfg.data, cache_dir=cfg.data.cache_dir or str(cfg.run_dir / "index_cache"))
+        if cfg.eval.data_path:
+            train, _, _ = build_datasets(replace(data, split="1,0,0"), tokenizer, self.seq_length,
+                                         [self.total_train_samples, 0, 0])
+            _, valid, _ = build_datasets(replace(data, data_path=cfg.eval.data_path, split="0,1,0"), tokenizer,
+                                         self.seq_length, [0, self.eval_samples, 0])
+        else:
+            train, valid, _ = build_datasets(data, tokenizer, self.seq_length,
+                                             [self.total_train_samples, self.eval_samples, 0])
+        return train, valid
+
+    def _maybe_resume(self) -> str | None:
+        ck = self.config.checkpoint
+        universal = ck.load_universal
+        if ck.load_dir:
+            load_dir = Path(ck.load_dir)
+            tag = ck.load_tag or _read_pointer(load_dir, "latest_universal" if universal else "latest")
+        elif ck.resume and read_latest(self.checkpoints.root):
+            load_dir, tag = self.checkpoints.root, read_latest(self.checkpoints.root)
+        else:
+            return None
+        self.train_state, rng = self.checkpoints.load(self.engine, load_dir, tag,
+                                                      model_config=self.model_config.to_dict(), universal=universal)
+        set_rng_state(rng)
+        return str(load_dir / tag)
+
+    def _loader(self, dataset, total: int, consumed: int, batch_size) -> DataLoader:
+        sampler = DataParallelSampler(total, consumed, self.config.schedule.micro_batch_size, batch_size,
+                                      self.dp_rank, self.dp_size)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0)
+
+    def _inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: batch[k].to(self.engine.device) for k in MODEL_INPUTS}
+
+    def _dp_mean(self, values: list[torch.Tensor]) -> float:
+        total = torch.stack([v.detach().float() for v in values]).mean()
+        if self.dp_size > 1:
+            if dist.get_backend() == "nccl":
+                total = total.cuda()
+            dist.all_reduce(total, group=state.get_data_parallel_group())
+            total = total / self.dp_size
+        return total.item()
+
+    # ------------------------------------------------------------------ banner
+    def banner(self) -> str:
+        c, s = self.config, self.config.schedule
+        params = count_parameters(self.model_config)
+        ramp = f"{s.ramp_start_batch_size} -> {s.global_batch_size} by step {self.ramp.ramp_steps}" \
+            if s.ramp_start_batch_size else "off"
+        lines = [
+            "megacompress training",
+            f"  world {state.get_world_size()} = TP {state.get_tensor_parallel_world_size()} x DP {self.dp_size}; "
+            f"ZeRO stage {self.engine.zero_optimization_stage()}; "
+            f"{'bf16' if self.ds_config['bf16']['enabled'] else 'fp32'} on {self.engine.device}",
+            f"  model {c.model.preset} {self.model_config.to_dict()}",
+            f"  parameters {params.total:,} ({params.non_embedding:,} non-embedding)",
+            f"  batch: global {s.global_batch_size} seqs x {self.seq_length} tokens, micro {s.micro_batch_size}, "
+            f"accumulation {self.engine.gradient_accumulation_steps()}, ramp {ramp}",
+            f"  steps {s.train_steps} (warmup {s.warmup_steps}, {s.decay} decay), lr {c.optimizer.lr}",
+            f"  data {c.data.data_path} ({c.data.kind}): {len(self.train_data):,} train samples, "
+            f"{len(self.valid_data) if self.valid_data is not None else 0:,} valid samples",
+            f"  run dir {c.run_dir}  checkpoints {self.checkpoints.root}",
+            f"  resumed from {self.resumed_from} at step {self.train_state.step}" if self.resumed_from
+            else "  starting from scratch",
+        ]
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ eval
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Mean validation loss over ``eval.iters`` micro batches per DP rank (all ranks run it)."""
+        if self.valid_data is None:
+            return None
+        self.engine.eval()
+        losses = [self.engine(**self._inputs(batch)).loss
+                  for batch in self._loader(self.valid_data, self.eval_samples, 0, self.eval_samples)]
+        self.engine.train()
+        return self._dp_mean(losses)
+
+    def _log_eval(self) -> float | None:
+        loss = self.evaluate()
+        if loss is not None:
+            self.metrics.log({"split": "valid", "step": self.train_state.step, "loss": loss,
+                              "ppl": float(torch.tensor(loss).exp())})
+        return loss
+
+    # ------------------------------------------------------------------ train
+    def save(self) -> str:
+        path = self.checkpoints.save(self.engine, self.train_state, model_config=self.model_config.to_dict(),
+                                     train_config=self.config.to_dict(), rng_state=get_rng_state())
+        return str(path)
+
+    def train(self) -> TrainResult:
+        cfg, s, st = self.config, self.config.schedule, self.train_state
+        if self.is_main:
+            print(self.banner(), flush=True)
+        loader = iter(self._loader(self.train_data, self.total_train_samples, st.consumed_samples, self.ramp))
+        stop = StopSignal()
+        bar = tqdm(total=s.train_steps, initial=st.step, desc="train", unit="step",
+                   disable=not (self.is_main and cfg.logging.progress_bar), dynamic_ncols=True)
+        last_saved, reason = None, "finished"
+        window_tokens, window_start = 0, time.perf_counter()
+        try:
+            while st.step < s.train_steps:
+                record = self._train_step(loader)
+                window_tokens += record["global_batch_size"] * self.seq_length
+                if st.step % cfg.logging.log_interval == 0 or st.step == s.train_steps:
+                    elapsed = time.perf_counter() - window_start
+                    record.update(tokens_per_s=window_tokens / elapsed, **memory_stats())
+                    if self.peak_flops:
+                        record["mfu"] = self.flops_per_token * record["tokens_per_s"] / (
+                            self.peak_flops * state.get_world_size())
+                    self.metrics.log(record)
+                    window_tokens, window_start = 0, time.perf_counter()
+                self.history.append(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+                if cfg.eval.interval and st.step % cfg.eval.interval == 0 and st.step < s.train_steps:
+                    self._log_eval()
+                if stop.agreed():
+                    reason = "signal"
+                    break
+                if self.stop_at_step and st.step >= self.stop_at_step:
+                    reason = "stopped"
+                    break
+                if cfg.checkpoint.interval and st.step % cfg.checkpoint.interval == 0:
+                    last_saved = self.save()
+        finally:
+            bar.close()
+            stop.restore()
+        if reason == "finished":
+            valid = self._log_eval()
+            if self.is_main and valid is not None:
+                print(f"validation loss {valid:.4f} at step {st.step}", flush=True)
+        if st.step == self.start_step and self.resumed_from:
+            last_saved = self.resumed_from  # nothing new to save
+        elif last_saved is None or not last_saved.endswith(f"global_step{st.step}"):
+            last_saved = self.save()
+        if self.is_main:
+            _write_exit_status(cfg.run_dir, reason, st.step, last_saved, stop.received)
+        self.metrics.close()
+        return TrainResult(reason, st.step, last_saved, self.history)
+
+    def _train_step(self, loader) -> dict[str, Any]:
+        st, engine = self.train_state, self.engine
+        batch_size = self.ramp(st.step)
+        if batch_size != engine.train_batch_size():
+            engine.set_train_batch_size(batch_size)
+        micro_batches = engine.gradient_accumulation_steps()
+        start = time.perf_counter()
+        losses = []
+        for i in range(micro_batches):
+            try:
+                batch = next(loader)
+            except StopIteration:
+                raise RuntimeError(f"training data ran out at step {st.step} (consumed {st.consumed_samples} "
+                                   f"samples); the dataset was built for {self.total_train_samples}") from None
+            engine.set_gradient_accumulation_boundary(i == micro_batches - 1)
+            loss = engine(**self._inputs(batch)).loss
+            engine.backward(loss)
+            if i == micro_batches - 1 and engine.zero_optimization_stage() == 0:
+                norm = grad_norm(engine.module.parameters()).item()  # DeepSpeed keeps no norm without ZeRO
+            engine.step()
+            losses.append(loss)
+        if engine.zero_optimization_stage() > 0:
+            norm = engine.get_global_grad_norm()
+        lr = engine.get_lr()[0]
+        st.step += 1
+        st.consumed_samples += batch_size
+        st.tokens_seen += batch_size * self.seq_length
+        return {"split": "train", "step": st.step, "loss": self._dp_mean(losses), "lr": lr,
+                "grad_norm": None if norm is None else float(norm), "global_batch_size": batch_size,
+                "samples_seen": st.consumed_samples, "tokens_seen": st.tokens_seen,
+                "step_time_s": time.perf_counter() - start}
+
+
+def _default_single_process_env() -> None:
+    """A plain ``python -m megacompress.train`` is a world of one: DeepSpeed still needs a
+    process group (else it tries MPI discovery), so give it a local one."""
+    if "WORLD_SIZE" in os.environ or "SLURM_NTASKS" in os.environ:
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def _read_pointer(load_dir: Path, name: str) -> str:
+    path = load_dir / name
+    if not path.is_file():
+        raise TrainConfigError(f"checkpoint.load_dir {load_dir} has no {name!r} file; set checkpoint.load_tag")
+    return path.read_text().strip()
+
+
+def _write_exit_status(run_dir: Path, reason: str, step: int, checkpoint: str | None, sig) -> None:
+    """``RUN_DIR/exit_status.json``: why the run ended (launchers read it to decide on requeueing)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    status = {"reason": reason, "step": step, "checkpoint": checkpoint,
+              "signal": sig.name if sig is not None else None, "time": time.time()}
+    write_text_atomic(run_dir / "exit_status.json", json.dumps(status, indent=2))

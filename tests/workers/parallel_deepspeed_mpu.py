@@ -1,0 +1,49 @@
+"""Worker: DeepSpeed ZeRO-1 with ``mpu=state.mpu`` trains the TP toy model for 3 steps.
+
+Writes ``OUT/rank{r}.pt`` with the per-step loss and DeepSpeed's global grad norm; the
+test compares them with a single-process TP=1 ``torch.optim.AdamW`` run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import deepspeed
+import torch
+
+from megacompress.parallel import state
+from workers.parallel_tp_dp import ToyModel, global_batch
+
+STEPS, LR = 3, 1e-2
+DS_CONFIG = {
+    "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1, "gradient_clipping": 0.0,
+    "zero_optimization": {"stage": 1}, "optimizer": {"type": "AdamW", "params": {"lr": LR, "torch_adam": True}},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tp", type=int, required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    deepspeed.init_distributed(dist_backend="gloo")
+    state.initialize(args.tp)
+    model = ToyModel()
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=DS_CONFIG,
+                                      mpu=state.mpu)
+    ids, labels = global_batch()
+    losses, norms = [], []
+    for _ in range(STEPS):
+        _, loss_tok = engine(ids, labels)
+        loss = loss_tok.sum() / loss_tok.numel()
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+        norms.append(float(engine.get_global_grad_norm()))
+    torch.save({"losses": losses, "norms": norms}, os.path.join(args.out, f"rank{state.get_rank()}.pt"))
+
+
+if __name__ == "__main__":
+    main()
