@@ -5,7 +5,8 @@ For every sequence length and mask kind it times each backend that can run here:
 forward only on CPU (no CPU backward in torch), ``flash`` forward+backward on CUDA
 when flash-attn is installed (block-diagonal kinds). The baseline is plain SDPA
 ``is_causal=True`` on the same shapes, timed in the same mode (``fwd`` or
-``fwd+bwd``). Times are medians of ``--repeats`` runs after ``--warmup`` runs;
+``fwd+bwd``), alternating with the measured backend so that load drift on a
+shared machine hits both. Times are medians of ``--repeats`` runs after ``--warmup`` runs;
 mask preparation (dense mask / BlockMask / cu_seqlens) is timed separately
 because it happens once per batch, not once per layer.
 
@@ -47,19 +48,25 @@ def metadata(B: int, S: int, device: torch.device) -> dict:
     return {k: v.to(device) for k, v in meta.items()}
 
 
-def median_time(fn, warmup: int, repeats: int, device: torch.device) -> float:
-    """Median wall-clock seconds of ``fn()``."""
-    times = []
-    for i in range(warmup + repeats):
+def paired_median_times(fn, baseline, warmup: int, repeats: int, device: torch.device) -> tuple[float, float]:
+    """Median wall-clock seconds of ``fn()`` and ``baseline()``, run alternately so load drift hits both."""
+
+    def timed(f) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        fn()
+        f()
         if device.type == "cuda":
             torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    times: tuple[list[float], list[float]] = ([], [])
+    for i in range(warmup + repeats):
+        pair = (timed(fn), timed(baseline))
         if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            for acc, t in zip(times, pair):
+                acc.append(t)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def step(q, k, v, prepared, backward: bool):
@@ -88,7 +95,6 @@ def run(args: argparse.Namespace) -> dict:
     dtype = getattr(torch, args.dtype)
     results = []
     cases = [(S, kind) for S in args.seq_lens for kind in masks.FACTORIES if kind != "causal"]
-    baselines: dict[tuple[int, bool], float] = {}
     for S, kind in tqdm(cases, desc="attention benchmark", unit="case"):
         g = torch.Generator(device="cpu").manual_seed(S)
         q, k, v = (
@@ -96,17 +102,15 @@ def run(args: argparse.Namespace) -> dict:
             for h in (args.heads, args.kv_heads, args.kv_heads)
         )
         meta = metadata(args.batch, S, device)
-        for backward in (False, True):
-            if (S, backward) not in baselines:
-                plain = prepare(AttentionMask.build("causal", batch=args.batch, kv_len=S), "sdpa", device)
-                baselines[S, backward] = median_time(step(q, k, v, plain, backward), args.warmup, args.repeats, device)
+        plain = prepare(AttentionMask.build("causal", batch=args.batch, kv_len=S), "sdpa", device)
         mask = AttentionMask.build(kind, **meta)
         for backend, backward in backends_for(kind, device):
             t0 = time.perf_counter()
             prepared = prepare(mask, backend, device)
             prep_s = time.perf_counter() - t0
-            seconds = median_time(step(q, k, v, prepared, backward), args.warmup, args.repeats, device)
-            base = baselines[S, backward]
+            seconds, base = paired_median_times(
+                step(q, k, v, prepared, backward), step(q, k, v, plain, backward), args.warmup, args.repeats, device
+            )
             results.append(
                 dict(
                     seq_len=S,
@@ -121,7 +125,6 @@ def run(args: argparse.Namespace) -> dict:
             )
     return dict(
         config=dict(vars(args), torch=torch.__version__, host=platform.machine(), threads=torch.get_num_threads()),
-        baselines=[dict(seq_len=S, mode="fwd+bwd" if bw else "fwd", seconds=s) for (S, bw), s in baselines.items()],
         results=results,
     )
 

@@ -68,8 +68,6 @@ _STATE: dict = {}
 
 
 def _init_worker(tokenizer: str, tokenizer_model: str | None, keys: list[str], append_eod: bool, punkt_params) -> None:
-    from megacompress.data.sentences import SentenceSplitter  # NLTK import costs ~1 s; only when splitting
-
     tok = _STATE.get("tokenizer")
     if tok is None or (tok.name, getattr(tok, "model_path", None)) != (tokenizer, tokenizer_model):
         tok = build_tokenizer(tokenizer, tokenizer_model)
@@ -77,9 +75,15 @@ def _init_worker(tokenizer: str, tokenizer_model: str | None, keys: list[str], a
         tokenizer=tok,
         keys=keys,
         append_eod=append_eod,
-        splitter=SentenceSplitter(punkt_params) if punkt_params is not None else None,
+        splitter=_make_splitter(punkt_params) if punkt_params is not None else None,
         eos=tok.special_id("eos"),
     )
+
+
+def _make_splitter(punkt_params):
+    from megacompress.data.sentences import SentenceSplitter  # NLTK import costs ~1 s; only when splitting
+
+    return SentenceSplitter(punkt_params)
 
 
 @dataclass

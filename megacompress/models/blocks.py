@@ -9,11 +9,16 @@ sums all-reduced), so one block costs two all-reduces of ``[B, S, H]`` forward.
 The attention mask is prepared once per batch (`megacompress.attention.dispatch.prepare`)
 and passed to every layer; a stack does not know which pattern it runs, which is what
 lets GPTHF (encoder + body stacks) and gist models reuse these blocks unchanged.
+
+Every module takes ``(config, seed, prefix)``: ``prefix`` is its parameter-name prefix in
+the model (e.g. ``"stack.layers.3.mlp"``) and keys the initialisation stream of its
+weights (`megacompress.parallel.random`), so weights depend only on (seed, name).
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +30,9 @@ from megacompress.models.rotary import apply_rotary
 from megacompress.parallel import state
 from megacompress.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megacompress.parallel.sharding import divide
+
+if TYPE_CHECKING:
+    from megacompress.generation.kv_cache import KVCache, LayerKVCache
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each [B, 1, S, D]
 
@@ -86,8 +94,8 @@ class Attention(nn.Module):
                                      init_std=_output_std(config), init_seed=seed, seed_offset=f"{prefix}.out")
 
     def forward(self, x: torch.Tensor, rope: Rope, mask: dispatch.PreparedMask,
-                kv_cache=None) -> torch.Tensor:
-        """x [B, S, H] -> [B, S, H]. ``kv_cache``: a `LayerKVCache` (generation) or None."""
+                kv_cache: LayerKVCache | None = None) -> torch.Tensor:
+        """x [B, S, H] -> [B, S, H]; with ``kv_cache`` keys/values attend over cached slots too."""
         b, s, _ = x.shape
         groups = self.qkv(x).view(b, s, self.num_kv_heads_local, self.q_per_kv + 2, self.head_dim)
         q = groups[:, :, :, :self.q_per_kv].reshape(b, s, self.num_heads_local, self.head_dim)
@@ -112,7 +120,7 @@ class TransformerBlock(nn.Module):
         self.mlp = SwiGLU(config, seed, f"{prefix}.mlp")
 
     def forward(self, x: torch.Tensor, rope: Rope, mask: dispatch.PreparedMask,
-                kv_cache=None) -> torch.Tensor:
+                kv_cache: LayerKVCache | None = None) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), rope, mask, kv_cache)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -130,7 +138,7 @@ class TransformerStack(nn.Module):
             TransformerBlock(config, seed, f"{prefix}.{i}") for i in range(num_layers))
 
     def forward(self, x: torch.Tensor, rope: Rope, mask: dispatch.PreparedMask,
-                kv_cache=None) -> torch.Tensor:
+                kv_cache: KVCache | None = None) -> torch.Tensor:
         if kv_cache is not None and kv_cache.num_layers != len(self.layers):
             raise ValueError(f"KV cache has {kv_cache.num_layers} layers, the stack {len(self.layers)}")
         for i, layer in enumerate(self.layers):

@@ -13,29 +13,31 @@ import deepspeed
 import torch
 
 from megacompress.parallel import state
-from workers.parallel_tp_dp import ToyModel, global_batch
+from parallel_tp_dp import ToyModel, global_batch  # same directory (on sys.path as the script dir)
 
-STEPS, LR = 3, 1e-2
-DS_CONFIG = {
-    "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1, "gradient_clipping": 0.0,
-    "zero_optimization": {"stage": 1}, "optimizer": {"type": "AdamW", "params": {"lr": LR, "torch_adam": True}},
-}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tp", type=int, required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=1e-2)
     args = parser.parse_args()
     torch.set_num_threads(1)
     deepspeed.init_distributed(dist_backend="gloo")
     state.initialize(args.tp)
     model = ToyModel()
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=DS_CONFIG,
+    ds_config = {  # no clipping, AdamW defaults: the test's reference is plain torch.optim.AdamW
+        "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1, "gradient_clipping": 0.0,
+        "zero_optimization": {"stage": 1},
+        "optimizer": {"type": "AdamW", "params": {"lr": args.lr, "torch_adam": True}},
+    }
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config,
                                       mpu=state.mpu)
     ids, labels = global_batch()
     losses, norms = [], []
-    for _ in range(STEPS):
+    for _ in range(args.steps):
         _, loss_tok = engine(ids, labels)
         loss = loss_tok.sum() / loss_tok.numel()
         engine.backward(loss)

@@ -1,0 +1,140 @@
+"""The DeepSpeed training engine on real processes (torchrun, gloo, CPU).
+
+One flow, few launches (each costs ~10 s of start-up on 2 cores):
+
+1. reference: 1 process, ZeRO-0, micro 2 x 2 accumulation steps, 5 steps;
+2. 2 processes: ZeRO-1, ZeRO-2, ZeRO-3 (micro 2 x DP 2), then ZeRO-2 stopped at step 3;
+3. 2 processes, TP=2 (DP=1, 2 accumulation steps);
+4. a resume of the step-3 checkpoint is SIGKILLed while committing step 4: `latest` still
+   names step 3 and the checkpoint verifies;
+5. the same directory resumed to step 5 gives bitwise the uninterrupted ZeRO-2 losses;
+6. the step-3 checkpoint converted to a universal checkpoint continues on 1 process with
+   the losses of the 2-process run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from distributed_helpers import REPO_ROOT, cpu_env, free_port, run_checked, run_torchrun
+
+from megacompress.training.checkpoint import SLEEP_BEFORE_COMMIT_ENV, read_latest, read_manifest
+
+WORKER = REPO_ROOT / "tests" / "workers" / "train_runs.py"
+STEPS = 5
+REL_TOL = 1e-5
+
+
+def common(shards: dict[str, str]) -> str:
+    return ";".join([
+        "model.vocab_size=259", "model.max_seq_len=32", "model.hidden_size=32", "model.num_heads=2",
+        "model.num_layers=2", "model.ffn_hidden_size=64", "tokenizer.kind=bytes",
+        f"data.data_path=[{shards['train']}]", f"eval.data_path=[{shards['valid']}]", "eval.iters=1",
+        f"schedule.train_steps={STEPS}", "schedule.warmup_steps=1", "schedule.global_batch_size=4",
+        "schedule.micro_batch_size=2", "logging.progress_bar=false", "optimizer.lr=3e-3",
+    ])
+
+
+def load(out: Path, name: str, rank: int = 0) -> dict:
+    return torch.load(out / f"{name}.rank{rank}.pt")
+
+
+def assert_close(actual: list[float], expected: list[float], what: str) -> None:
+    assert len(actual) == len(expected), f"{what}: {len(actual)} steps vs {len(expected)}"
+    for step, (a, e) in enumerate(zip(actual, expected), 1):
+        assert abs(a - e) <= REL_TOL * abs(e), f"{what}: step {step} loss {a!r} != reference {e!r}"
+
+
+def worker_args(out: Path, runs: dict[str, str], shards, stop_at_step: int = 0) -> list[str]:
+    args = ["--out", str(out), "--common", common(shards), "--stop-at-step", str(stop_at_step)]
+    for name, spec in runs.items():
+        args += ["--run", f"{name}={spec}"]
+    return args
+
+
+@pytest.fixture(scope="module")
+def flow(sample_shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train_flow")
+    ref = f"parallel.zero_stage=0;logging.run_dir={out}/ref"
+    run_checked([sys.executable, str(WORKER), *worker_args(out, {"ref": ref}, sample_shards)],
+                env=cpu_env(), timeout=240)
+    runs = {f"zero{z}": f"parallel.zero_stage={z};logging.run_dir={out}/zero{z}" for z in (1, 2, 3)}
+    run_torchrun(WORKER, 2, worker_args(out, runs, sample_shards), timeout=300)
+    run_torchrun(WORKER, 2, worker_args(out, {"stop3": f"logging.run_dir={out}/stop3"}, sample_shards,
+                                        stop_at_step=3), timeout=240)
+    return out
+
+
+@pytest.mark.distributed
+def test_zero_stages_match_single_process(flow):
+    reference = load(flow, "ref")["losses"]
+    assert len(reference) == STEPS and reference[-1] < reference[0]
+    for stage in (1, 2, 3):
+        for rank in (0, 1):
+            assert_close(load(flow, f"zero{stage}", rank)["losses"], reference, f"ZeRO-{stage} rank {rank}")
+
+
+@pytest.mark.distributed
+def test_tensor_parallel_matches_single_process(flow, sample_shards):
+    spec = f"parallel.tensor_parallel_size=2;parallel.zero_stage=1;logging.run_dir={flow}/tp2"
+    run_torchrun(WORKER, 2, worker_args(flow, {"tp2": spec}, sample_shards), timeout=240)
+    reference = load(flow, "ref")["losses"]
+    for rank in (0, 1):
+        assert_close(load(flow, "tp2", rank)["losses"], reference, f"TP=2 rank {rank}")
+
+
+@pytest.mark.distributed
+def test_kill_during_commit_then_exact_resume(flow, sample_shards):
+    run_dir = flow / "resume"
+    shutil.copytree(flow / "stop3", run_dir)
+    ckpt = run_dir / "checkpoints"
+    assert read_latest(ckpt) == "global_step3"
+
+    # Resume and get killed while rank 0 sleeps between the ranks' writes and the commit.
+    port = free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+           f"--master-port={port}", str(WORKER),
+           *worker_args(flow, {"killed": f"logging.run_dir={run_dir}"}, sample_shards, stop_at_step=4)]
+    proc = subprocess.Popen(cmd, env=cpu_env({SLEEP_BEFORE_COMMIT_ENV: "120"}), cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while not (ckpt / "global_step4.tmp" / "manifest.json").exists():
+            assert proc.poll() is None and time.time() < deadline, "resumed run never reached the commit"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert read_latest(ckpt) == "global_step3"
+    assert not (ckpt / "global_step4").exists()
+    read_manifest(ckpt / "global_step3")
+
+    # Resume the killed directory to the end: bitwise the uninterrupted run.
+    run_torchrun(WORKER, 2, worker_args(flow, {"resumed": f"logging.run_dir={run_dir}"}, sample_shards),
+                 timeout=240)
+    uninterrupted = load(flow, "zero2")["losses"]
+    resumed = load(flow, "resumed")
+    assert resumed["steps"] == [4, 5]
+    assert resumed["losses"] == uninterrupted[3:], "resumed losses differ from the uninterrupted run"
+    assert not (ckpt / "global_step4.tmp").exists()
+
+
+@pytest.mark.distributed
+def test_universal_checkpoint_reshards_two_to_one(flow, sample_shards):
+    universal = flow / "universal"
+    run_checked([sys.executable, str(REPO_ROOT / "tools" / "convert_checkpoint.py"), "to-universal",
+                 str(flow / "stop3" / "checkpoints"), str(universal)], env=cpu_env(), timeout=240)
+    spec = (f"logging.run_dir={flow}/one;checkpoint.load_dir={universal};checkpoint.load_universal=true")
+    run_checked([sys.executable, str(WORKER), *worker_args(flow, {"one": spec}, sample_shards)],
+                env=cpu_env(), timeout=240)
+    one = load(flow, "one")
+    assert one["steps"] == [4, 5]
+    assert_close(one["losses"], load(flow, "zero2")["losses"][3:], "universal 2->1")
