@@ -56,7 +56,7 @@ def assert_close(actual: list[float], expected: list[float], what: str) -> None:
 def worker_args(out: Path, runs: dict[str, str], shards, stop_at_step: int = 0) -> list[str]:
     args = ["--out", str(out), "--common", common(shards), "--stop-at-step", str(stop_at_step)]
     for name, spec in runs.items():
-        args += ["--run", f"{name}={spec}"]
+        args += ["--job", f"{name}={spec}"]
     return args
 
 

@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--preinit", action="store_true",
                         help="initialise torch.distributed before state.initialize (reuse path)")
+    parser.add_argument("--local_rank", type=int, help="passed by the deepspeed launcher (LOCAL_RANK is used)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.preinit:
