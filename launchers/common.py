@@ -26,20 +26,16 @@ class LaunchError(RuntimeError):
     """A launch request that cannot work (bad config, bad sweep file, bad hostfile)."""
 
 
-def parse_override(text: str) -> tuple[str, str]:
-    """``"optimizer.lr=3e-4"`` -> ``("optimizer.lr", "3e-4")``; the trainer converts the type."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise LaunchError(f"override {text!r} is not of the form key=value")
-    return key.strip(), value
-
-
 def overrides_from_dict(values: dict) -> list[str]:
-    """A sweep entry ``{"optimizer.lr": 3e-4}`` -> ``["optimizer.lr=0.0003"]`` (YAML scalars as text)."""
+    """A sweep entry ``{"optimizer.lr": 3e-4}`` -> ``["optimizer.lr=0.0003"]``.
+
+    Values are written back as YAML text (lists in flow style, ``[a, b]``), which is what
+    the trainer's ``--set`` parser reads; it converts them to the field types.
+    """
     out = []
     for key, value in values.items():
-        if isinstance(value, (dict, list)):
-            raise LaunchError(f"override {key!r}: value must be a scalar, got {value!r}")
+        if isinstance(value, dict):
+            raise LaunchError(f"override {key!r}: a value cannot be a mapping, got {value!r}")
         text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True)
         out.append(f"{key}={text.strip().removesuffix('...').strip()}")
     return out
@@ -130,8 +126,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command_from_args(args: argparse.Namespace) -> TrainCommand:
-    for item in args.overrides:
-        parse_override(item)
     return TrainCommand(args.config, list(args.overrides))
 
 

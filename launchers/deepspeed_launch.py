@@ -1,4 +1,4 @@
-"""Run ``megacompress.train`` under the ``deepspeed`` launcher with an MPI-style hostfile.
+r"""Run ``megacompress.train`` under the ``deepspeed`` launcher with an MPI-style hostfile.
 
     # hostfile: one line per node, "HOST slots=N" (N ranks = GPUs on that node)
     python launchers/deepspeed_launch.py --hostfile hostfile --config configs/baseline12.yaml
@@ -54,8 +54,8 @@ def read_hostfile(path: str | Path) -> dict[str, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python launchers/deepspeed_launch.py",
-                                     description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(parser)
     ds = parser.add_argument_group("deepspeed")
     ds.add_argument("--hostfile", required=True, help="MPI-style hostfile: 'HOST slots=N' per line")
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ranks per node (DeepSpeed --num_gpus; needed on CPU nodes, default: the slots)")
     ds.add_argument("--num-nodes", type=int, default=None, help="use only the first N hosts")
     ds.add_argument("--master-addr", default=None, help="address of the first host (default: DeepSpeed's)")
-    ds.add_argument("--master-port", type=int, default=29500)
+    ds.add_argument("--master-port", type=int, default=29500, help="rendezvous port on the first host (default: 29500)")
     ds.add_argument("--no-ssh", action="store_true",
                     help="start only this node's ranks (run the command on every node, with --node-rank)")
     ds.add_argument("--node-rank", type=int, default=None, help="this node's index in the hostfile (with --no-ssh)")

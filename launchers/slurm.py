@@ -1,4 +1,4 @@
-"""Submit ``megacompress.train`` to SLURM through submitit (one task per GPU / CPU rank).
+r"""Submit ``megacompress.train`` to SLURM through submitit (one task per GPU / CPU rank).
 
     python launchers/slurm.py --config configs/tiny_gpt.yaml --nodes 2 --gpus-per-node 8 \
         --partition gpu --time 24:00:00 --run-dir runs/tiny
@@ -54,11 +54,11 @@ def parse_time(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python launchers/slurm.py", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog="python launchers/slurm.py", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(parser)
     res = parser.add_argument_group("resources")
-    res.add_argument("--nodes", type=int, default=1)
+    res.add_argument("--nodes", type=int, default=1, help="number of nodes (default: 1)")
     res.add_argument("--gpus-per-node", type=int, default=0,
                      help="GPUs per node; one task per GPU. 0: CPU nodes (gloo, DS_ACCELERATOR=cpu)")
     res.add_argument("--tasks-per-node", type=int, default=None,
@@ -66,21 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--cpus-per-task", type=int, default=None,
                      help="CPU cores per rank (default: SLURM's); sets OMP_NUM_THREADS on CPU nodes")
     res.add_argument("--mem-gb", type=int, default=None, help="memory per node in GB (default: SLURM's)")
-    res.add_argument("--partition", required=True)
+    res.add_argument("--partition", required=True, help="SLURM partition")
     res.add_argument("--time", required=True, help="time limit [D-]HH:MM:SS (rounded up to minutes)")
-    res.add_argument("--account", default=None)
-    res.add_argument("--qos", default=None)
+    res.add_argument("--account", default=None, help="SLURM account to charge")
+    res.add_argument("--qos", default=None, help="SLURM quality of service")
     job = parser.add_argument_group("job")
     job.add_argument("--run-dir", default=None,
                      help="checkpoints/metrics dir (default: runs/<config name>); logs in RUN_DIR/slurm")
     job.add_argument("--array", default=None, metavar="SWEEP_YAML",
                      help="YAML list of override mappings; submits one array task per entry")
-    job.add_argument("--array-parallelism", type=int, default=64, help="max array tasks running at once")
+    job.add_argument("--array-parallelism", type=int, default=64, help="max array tasks running at once (default: 64)")
     job.add_argument("--job-name", default=None, help="default: megacompress-<config name>")
     job.add_argument("--max-requeues", type=int, default=3,
-                     help="how many times a job that reaches its time limit is requeued")
+                     help="how many times a job that reaches its time limit is requeued (default: 3)")
     job.add_argument("--signal-delay-s", type=int, default=120,
-                     help="SIGUSR2 this many seconds before the time limit (time to save a checkpoint)")
+                     help="SIGUSR2 this many seconds before the time limit, to save a checkpoint (default: 120)")
     job.add_argument("--module", default=TRAIN_MODULE,
                      help="entry-point module whose main(argv) each task calls with --config/--set")
     job.add_argument("--wait", action="store_true", help="wait for the job(s) and print each task's result")

@@ -1,4 +1,4 @@
-"""Run ``megacompress.train`` under torchrun, on one node or on several.
+r"""Run ``megacompress.train`` under torchrun, on one node or on several.
 
     # one node, 2 ranks
     python launchers/torchrun.py --nproc-per-node 2 --config configs/tiny_gpt.yaml
@@ -26,15 +26,15 @@ from launchers.common import (  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python launchers/torchrun.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python launchers/torchrun.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(parser)
     dist = parser.add_argument_group("torchrun")
-    dist.add_argument("--nproc-per-node", type=int, default=1, help="ranks on this node (one per GPU)")
-    dist.add_argument("--nnodes", type=int, default=1)
-    dist.add_argument("--node-rank", type=int, default=0, help="this node's index in [0, nnodes)")
-    dist.add_argument("--master-addr", default="127.0.0.1", help="address of node 0, reachable from all nodes")
-    dist.add_argument("--master-port", type=int, default=29500)
+    dist.add_argument("--nproc-per-node", type=int, default=1, help="ranks on this node, one per GPU (default: 1)")
+    dist.add_argument("--nnodes", type=int, default=1, help="number of nodes (default: 1)")
+    dist.add_argument("--node-rank", type=int, default=0, help="this node's index in [0, nnodes) (default: 0)")
+    dist.add_argument("--master-addr", default="127.0.0.1", help="address of node 0, reachable from all nodes (default: 127.0.0.1)")
+    dist.add_argument("--master-port", type=int, default=29500, help="rendezvous port on node 0 (default: 29500)")
     dist.add_argument("--gpus", action="store_true", help="GPU nodes (default: CPU, gloo, DS_ACCELERATOR=cpu)")
     add_launch_arguments(parser)
     return parser

@@ -9,6 +9,9 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+# Session fixtures shared by the launcher tests (one reference run and one SLURM cluster per session).
+pytest_plugins = ["launch_fixtures"]
+
 
 @pytest.fixture
 def repo_root():

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from distributed_helpers import REPO_ROOT, cpu_env, free_port
-from launch_fixtures import CONFIG, read_losses, reference_losses, set_args, tiny_data, tiny_run  # noqa: F401
+from launch_fixtures import CONFIG, read_losses, set_args, tiny_run
 from launchers import deepspeed_launch, torchrun
 from launchers.common import LaunchError, load_sweep
 

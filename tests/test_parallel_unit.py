@@ -171,3 +171,13 @@ def test_submitit_slurm_environment_initialises_distributed():
             "state.destroy(); print(torch.distributed.is_initialized())")
     out = run_checked([sys.executable, "-c", code], env=env, timeout=60).stdout.split()
     assert out == ["True", "gloo", "1", "False"]
+
+
+def test_embedding_rejects_out_of_range_ids(world1):
+    from megacompress.parallel.layers import VocabParallelEmbedding
+
+    emb = VocabParallelEmbedding(37, 8, vocab_multiple=4)  # padded to 40 rows
+    with pytest.raises(ValueError, match=r"\[0, 37\)"):
+        emb(torch.tensor([[1, 37]]))
+    with pytest.raises(ValueError, match="mismatch"):
+        emb(torch.tensor([-1]))

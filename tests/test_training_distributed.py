@@ -9,11 +9,13 @@ One flow, few launches (each costs ~10 s of start-up on 2 cores):
    names step 3 and the checkpoint verifies;
 5. the same directory resumed to step 5 gives bitwise the uninterrupted ZeRO-2 losses;
 6. the step-3 checkpoint converted to a universal checkpoint continues on 1 process with
-   the losses of the 2-process run.
+   the losses of the 2-process run;
+7. SIGUSR2 makes a single-process run checkpoint and exit with EXIT_REQUEUE (75).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -27,6 +29,7 @@ import torch
 from distributed_helpers import REPO_ROOT, cpu_env, free_port, run_checked, run_torchrun
 
 from megacompress.training.checkpoint import SLEEP_BEFORE_COMMIT_ENV, read_latest, read_manifest
+from megacompress.training.signals import EXIT_REQUEUE
 
 WORKER = REPO_ROOT / "tests" / "workers" / "train_runs.py"
 STEPS = 5
@@ -138,3 +141,27 @@ def test_universal_checkpoint_reshards_two_to_one(flow, sample_shards):
     one = load(flow, "one")
     assert one["steps"] == [4, 5]
     assert_close(one["losses"], load(flow, "zero2")["losses"][3:], "universal 2->1")
+
+
+@pytest.mark.distributed
+def test_sigusr2_checkpoints_and_exits_requeue(sample_shards, tmp_path):
+    run_dir = tmp_path / "signalled"
+    overrides = [f"--set={kv}" for kv in common(sample_shards).split(";")] + [
+        "--set=schedule.train_steps=1000", "--set=schedule.warmup_steps=1", f"--set=logging.run_dir={run_dir}"]
+    proc = subprocess.Popen([sys.executable, "-m", "megacompress.train", *overrides], env=cpu_env(), cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        metrics = run_dir / "metrics.jsonl"
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+            assert proc.poll() is None and time.time() < deadline, "training did not start"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGUSR2)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == EXIT_REQUEUE, stderr[-3000:]
+    status = json.loads((run_dir / "exit_status.json").read_text())
+    assert status["reason"] == "signal" and status["signal"] == "SIGUSR2"
+    assert read_latest(run_dir / "checkpoints") == f"global_step{status['step']}"
+    read_manifest(run_dir / "checkpoints" / f"global_step{status['step']}")

@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm import tqdm
 
-from megacompress.data.index_cache import load_or_build, shard_digest
+from megacompress.data.index_cache import load_or_build, open_document_range, shard_digest
 from megacompress.data.indexed import IndexedDataset, ShardError, shard_exists
 
 
@@ -86,15 +86,10 @@ class DocumentDataset:
     """Map-style dataset of padded single-document samples; layout in the module docstring."""
 
     def __init__(self, prefix: str, config: DocumentDatasetConfig, cache_dir: str | os.PathLike | None = None):
-        if config.seq_length < 1:
-            raise ValueError(f"{prefix}: seq_length must be >= 1, got {config.seq_length}")
         self.prefix = prefix
         self.config = config
-        self.shard = IndexedDataset(prefix)
-        start, end = config.document_range or (0, len(self.shard))
-        if not 0 <= start <= end <= len(self.shard):
-            raise ValueError(f"{prefix}: document_range {config.document_range} outside [0, {len(self.shard)}]")
-        self.document_range = (start, end)
+        self.shard, self.document_range = open_document_range(prefix, config.seq_length, config.document_range)
+        start, end = self.document_range
 
         has_sidecar = shard_exists(eos_prefix(prefix))
         if config.use_sentences and not has_sidecar:

@@ -43,8 +43,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from megacompress.data.index_cache import load_or_build, shard_digest
-from megacompress.data.indexed import IndexedDataset
+from megacompress.data.index_cache import load_or_build, open_document_range, shard_digest
 
 
 @dataclass(frozen=True)
@@ -70,15 +69,10 @@ class GPTDataset:
     """Map-style dataset of fixed-length samples; see the module docstring for the layout."""
 
     def __init__(self, prefix: str, config: GPTDatasetConfig, cache_dir: str | os.PathLike | None = None):
-        if config.seq_length < 1:
-            raise ValueError(f"{prefix}: seq_length must be >= 1, got {config.seq_length}")
         self.prefix = prefix
         self.config = config
-        self.shard = IndexedDataset(prefix)
-        start, end = config.document_range or (0, len(self.shard))
-        if not 0 <= start <= end <= len(self.shard):
-            raise ValueError(f"{prefix}: document_range {config.document_range} outside [0, {len(self.shard)}]")
-        self.document_range = (start, end)
+        self.shard, self.document_range = open_document_range(prefix, config.seq_length, config.document_range)
+        start, end = self.document_range
         key = {"shard": shard_digest(prefix), **asdict(config), "document_range": [start, end]}
         cached = load_or_build("GPTDataset", key, self._build_indices, cache_dir)
         self.cache = cached

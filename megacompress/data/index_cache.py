@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch.distributed as dist
 
+from megacompress.data.indexed import IndexedDataset
+
 # Bump when the layout of any cached array changes, so stale caches are not reused.
 CACHE_FORMAT_VERSION = 1
 
@@ -72,6 +74,20 @@ def shard_digest(prefix: str) -> dict:
         for block in iter(lambda: f.read(1 << 20), b""):
             sha.update(block)
     return {"prefix": str(prefix), "idx_sha256": sha.hexdigest(), "bin_bytes": bin_path.stat().st_size}
+
+
+def open_document_range(prefix: str, seq_length: int, document_range: tuple[int, int] | None):
+    """Open shard ``prefix`` and resolve a half-open ``document_range`` (``None``: all).
+
+    Returns ``(IndexedDataset, (start, end))``; bad arguments raise naming the shard.
+    """
+    if seq_length < 1:
+        raise ValueError(f"{prefix}: seq_length must be >= 1, got {seq_length}")
+    shard = IndexedDataset(prefix)
+    start, end = document_range or (0, len(shard))
+    if not 0 <= start <= end <= len(shard):
+        raise ValueError(f"{prefix}: document_range {document_range} outside [0, {len(shard)}]")
+    return shard, (start, end)
 
 
 def config_digest(config: dict) -> str:

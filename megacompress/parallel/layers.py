@@ -109,6 +109,11 @@ class VocabParallelEmbedding(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``[...]`` int64 ids in ``[0, num_embeddings)`` -> ``[..., H]`` replicated."""
+        # Out-of-range ids would otherwise land on zero padding rows (or on no rank at
+        # TP>1) and embed silently to zero: a tokenizer/model mismatch must fail loudly.
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.num_embeddings):
+            raise ValueError(f"token ids must lie in [0, {self.num_embeddings}); got range "
+                             f"[{int(input_ids.min())}, {int(input_ids.max())}] (tokenizer/model vocabulary mismatch?)")
         if state.get_tensor_parallel_world_size() == 1:
             return F.embedding(input_ids, self.weight)
         outside = (input_ids < self.vocab_start) | (input_ids >= self.vocab_end)

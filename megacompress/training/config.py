@@ -105,8 +105,9 @@ class ParallelSection:
 @dataclass
 class CheckpointSection:
     """``dir`` defaults to ``RUN_DIR/checkpoints``; ``interval`` 0 = only at the end and on signals.
-    ``resume``: load ``latest`` from ``dir`` when it exists. ``load_universal``: ``load_dir`` /
-    ``load_tag`` point at a universal checkpoint (after ``convert_checkpoint to-universal``)."""
+    ``resume``: load ``latest`` from ``dir`` when it exists; otherwise start from ``load_dir`` /
+    ``load_tag`` if given (``load_universal``: a universal checkpoint made by
+    ``tools/convert_checkpoint.py to-universal``)."""
 
     dir: str = ""
     interval: int = 0

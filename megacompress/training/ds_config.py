@@ -64,12 +64,13 @@ def load_template(path: Path) -> dict[str, Any]:
 
 
 def build_ds_config(config: TrainConfig, dp_size: int, *, on_gpu: bool,
-                    global_batch_size: int | None = None) -> dict[str, Any]:
+                    global_batch_size: int | None = None, load_universal: bool = False) -> dict[str, Any]:
     """The full DeepSpeed config for ``dp_size`` data-parallel ranks.
 
     ``global_batch_size`` defaults to ``schedule.global_batch_size`` (pass the ramp's
     starting size when ramping). The peak size is checked too, so a ramp that could
-    never reach it fails here, before any training.
+    never reach it fails here, before any training. ``load_universal``: the run starts from
+    a universal checkpoint (DeepSpeed's ``checkpoint.load_universal``).
     """
     path = template_path(config)
     ds = load_template(path)
@@ -91,6 +92,6 @@ def build_ds_config(config: TrainConfig, dp_size: int, *, on_gpu: bool,
     else:
         bf16 = precision == "bf16"
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": bool(bf16)}
-    if config.checkpoint.load_universal:
+    if load_universal:
         ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
     return ds

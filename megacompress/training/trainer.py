@@ -109,13 +109,14 @@ class Trainer:
             self.ramp = BatchSizeRamp.from_schedule(s, self.dp_size)
         except ValueError as exc:
             raise TrainConfigError(str(exc)) from None
-        self.ds_config = build_ds_config(config, self.dp_size, on_gpu=self.on_gpu,
-                                         global_batch_size=self.ramp(0))
+        self.checkpoints = CheckpointManager(config.checkpoint_dir, config.checkpoint.keep_last)
+        source = self._resume_source()
+        self.ds_config = build_ds_config(config, self.dp_size, on_gpu=self.on_gpu, global_batch_size=self.ramp(0),
+                                         load_universal=source is not None and source[2])
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                     mpu=state.mpu, config=self.ds_config)
-        self.checkpoints = CheckpointManager(config.checkpoint_dir, config.checkpoint.keep_last)
         self.train_state = TrainState(step=0, consumed_samples=0, tokens_seen=0)
-        self.resumed_from = self._maybe_resume()
+        self.resumed_from = self._resume(source)
         self.start_step = self.train_state.step
 
         tokenizer = build_tokenizer(config.tokenizer.kind, config.tokenizer.model_path or None)
@@ -130,6 +131,9 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _build_datasets(self, tokenizer):
         cfg = self.config
+        if tokenizer.vocab_size > self.model_config.vocab_size:
+            raise TrainConfigError(f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens but "
+                                   f"model.vocab_size is {self.model_config.vocab_size}")
         data = replace(cfg.data, cache_dir=cfg.data.cache_dir or str(cfg.run_dir / "index_cache"))
         if cfg.eval.data_path:
             train, _, _ = build_datasets(replace(data, split="1,0,0"), tokenizer, self.seq_length,
@@ -141,16 +145,22 @@ class Trainer:
                                              [self.total_train_samples, self.eval_samples, 0])
         return train, valid
 
-    def _maybe_resume(self) -> str | None:
+    def _resume_source(self) -> tuple[Path, str, bool] | None:
+        """(dir, tag, universal) to load: own ``latest`` first (a requeued run continues its own
+        progress), else ``checkpoint.load_dir``; None to start from scratch."""
         ck = self.config.checkpoint
-        universal = ck.load_universal
+        if ck.resume and read_latest(self.checkpoints.root):
+            return self.checkpoints.root, read_latest(self.checkpoints.root), False
         if ck.load_dir:
             load_dir = Path(ck.load_dir)
-            tag = ck.load_tag or _read_pointer(load_dir, "latest_universal" if universal else "latest")
-        elif ck.resume and read_latest(self.checkpoints.root):
-            load_dir, tag = self.checkpoints.root, read_latest(self.checkpoints.root)
-        else:
+            pointer = "latest_universal" if ck.load_universal else "latest"
+            return load_dir, ck.load_tag or _read_pointer(load_dir, pointer), ck.load_universal
+        return None
+
+    def _resume(self, source: tuple[Path, str, bool] | None) -> str | None:
+        if source is None:
             return None
+        load_dir, tag, universal = source
         self.train_state, rng = self.checkpoints.load(self.engine, load_dir, tag,
                                                       model_config=self.model_config.to_dict(), universal=universal)
         set_rng_state(rng)

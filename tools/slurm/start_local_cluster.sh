@@ -82,7 +82,8 @@ mkdir -p "$STATE/ctld" "$STATE/slurmd"
 chmod 700 "$STATE/munge"
 
 HOST=$(hostname -s)
-CPUS=$(nproc)
+# GNU nproc honours OMP_NUM_THREADS (1 in tests); the node has every online core.
+CPUS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 # Leave 10% of memory to the OS so slurmd's self-check (RealMemory <= actual) always passes.
 MEM_MB=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)
 USER_NAME=$(id -un)
