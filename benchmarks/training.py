@@ -162,15 +162,19 @@ def main() -> None:
                 print(f"{model} zero{stage} x{nproc}: {r['tokens_per_s']:.0f} tokens/s "
                       f"({r['ratio_to_plain']:.2f}x plain), peak RSS/rank "
                       f"{', '.join(f'{x:.2f}' for x in r['peak_rss_gb'])} GB", flush=True)
-        results[model] = cases
+                results[model] = cases
+                save(results, args.models)  # after every case: a cut-short run keeps what it measured
+    plot(results, RESULTS / "training.png")
+    print(f"wrote {RESULTS / 'training.json'} and training.png")
+
+
+def save(results: dict, models: list[str]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {"seq_len_micro_batch_steps": {m: CASES[m] for m in args.models}, "cpu_count": os.cpu_count(),
+    meta = {"seq_len_micro_batch_steps": {m: CASES[m] for m in models}, "cpu_count": os.cpu_count(),
             "load_average": os.getloadavg(), "note": "shared 2-core machine; compare ratios within one run"}
     tmp = RESULTS / "training.json.tmp"
     tmp.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     os.replace(tmp, RESULTS / "training.json")
-    plot(results, RESULTS / "training.png")
-    print(f"wrote {RESULTS / 'training.json'} and training.png")
 
 
 if __name__ == "__main__":

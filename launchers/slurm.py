@@ -101,8 +101,11 @@ def make_executor(args: argparse.Namespace, run_dir: Path) -> submitit.AutoExecu
         name=args.job_name or f"megacompress-{Path(args.config).stem}",
         slurm_partition=args.partition, slurm_signal_delay_s=args.signal_delay_s,
         slurm_array_parallelism=args.array_parallelism,
-        # The job's python must import `launchers` (pickled by reference) from this checkout.
-        slurm_setup=[f"export PYTHONPATH={REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"],
+        # Lines of the sbatch script, run before any task starts python: the job must import
+        # `launchers` (pickled by reference) from this checkout; CPU ranks need their env
+        # before torch is imported.
+        slurm_setup=[f"export PYTHONPATH={REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}",
+                     *(f"export {k}={v}" for k, v in job_env(args).items())],
     )
     if args.gpus_per_node > 0:
         params["gpus_per_node"] = args.gpus_per_node
@@ -119,6 +122,8 @@ def make_executor(args: argparse.Namespace, run_dir: Path) -> submitit.AutoExecu
 
 
 def job_env(args: argparse.Namespace) -> dict[str, str]:
+    """Environment every task needs: none on GPU nodes; DeepSpeed's CPU accelerator and
+    one OpenMP thread per allocated core on CPU nodes."""
     if args.gpus_per_node > 0:
         return {}
     return cpu_environment(args.cpus_per_task or 1)
@@ -137,8 +142,8 @@ def submit(args: argparse.Namespace) -> list[submitit.Job]:
     # Fail here, on the login node, not after waiting in the queue.
     configs = [validate(c, world_size, on_gpu=args.gpus_per_node > 0) for c in commands]
     executor = make_executor(args, run_dir)
-    jobs_in = [TrainJob(c, str(cfg.run_dir), env=job_env(args), gpus=args.gpus_per_node > 0,
-                        module=args.module) for c, cfg in zip(commands, configs)]
+    jobs_in = [TrainJob(c, str(cfg.run_dir), gpus=args.gpus_per_node > 0, module=args.module)
+               for c, cfg in zip(commands, configs)]
     if args.array:
         with executor.batch():
             jobs = [executor.submit(job) for job in jobs_in]

@@ -19,10 +19,9 @@ without a result and a requeued job resumes from the checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
@@ -36,21 +35,19 @@ class TrainJob(submitit.helpers.Checkpointable):
     """Picklable job: the training command plus what every task needs around it.
 
     ``run_dir`` is the trainer's ``logging.run_dir`` (it writes ``exit_status.json`` there,
-    which says which signal stopped it). ``env`` is applied before the trainer imports
-    torch (DS_ACCELERATOR=cpu and OMP_NUM_THREADS on CPU nodes). ``gpus`` pins each task
-    to its local GPU.
+    which says which signal stopped it). ``gpus`` pins each task to its local GPU. The
+    environment a CPU rank needs (DS_ACCELERATOR, OMP_NUM_THREADS) is exported by the
+    sbatch script (launchers/slurm.py), before python starts.
     """
 
     command: TrainCommand
     run_dir: str
-    env: dict[str, str] = field(default_factory=dict)
     gpus: bool = True
     module: str = TRAIN_MODULE
 
     def __call__(self) -> dict:
         dist_env = submitit.helpers.TorchDistributedEnvironment().export(
             set_cuda_visible_devices=self.gpus, overwrite=True)
-        os.environ.update(self.env)
         # submitit installed its checkpoint-and-requeue handler before calling us; the
         # trainer replaces it with its own while it runs, so keep it for afterwards.
         requeue_handler = signal.getsignal(signal.SIGUSR2)
