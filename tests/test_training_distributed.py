@@ -4,7 +4,9 @@ One flow, few launches (each costs ~10 s of start-up on 2 cores):
 
 1. reference: 1 process, ZeRO-0, micro 2 x 2 accumulation steps, 5 steps;
 2. 2 processes: ZeRO-1, ZeRO-2, ZeRO-3 (micro 2 x DP 2), then ZeRO-2 stopped at step 3;
-3. 2 processes, TP=2 (DP=1, 2 accumulation steps);
+3. 2 processes, TP=2 (DP=1, 2 accumulation steps); its checkpoint exported with
+   ``convert_checkpoint.py export`` loads at TP=1 with the TP=2 run's gathered weights
+   (bitwise) and logits;
 4. a resume of the step-3 checkpoint is SIGKILLed while committing step 4: `latest` still
    names step 3 and the checkpoint verifies;
 5. the same directory resumed to step 5 gives bitwise the uninterrupted ZeRO-2 losses;
@@ -28,10 +30,13 @@ import pytest
 import torch
 from distributed_helpers import REPO_ROOT, cpu_env, free_port, run_checked, run_torchrun
 
+from megacompress.models.gpt import GPT, gather_logits
+from megacompress.models.pretrained import full_state_dict
 from megacompress.training.checkpoint import SLEEP_BEFORE_COMMIT_ENV, read_latest, read_manifest
 from megacompress.training.signals import EXIT_REQUEUE
 
 WORKER = REPO_ROOT / "tests" / "workers" / "train_runs.py"
+CONVERT = REPO_ROOT / "tools" / "convert_checkpoint.py"
 STEPS = 5
 REL_TOL = 1e-5
 
@@ -85,13 +90,35 @@ def test_zero_stages_match_single_process(flow):
             assert_close(load(flow, f"zero{stage}", rank)["losses"], reference, f"ZeRO-{stage} rank {rank}")
 
 
-@pytest.mark.distributed
-def test_tensor_parallel_matches_single_process(flow, sample_shards):
+@pytest.fixture(scope="module")
+def tp2(flow, sample_shards):
+    """The TP=2 run (ZeRO-1): losses, gathered weights and probe logits in ``flow/tp2.rank*.pt``."""
     spec = f"parallel.tensor_parallel_size=2;parallel.zero_stage=1;logging.run_dir={flow}/tp2"
-    run_torchrun(WORKER, 2, worker_args(flow, {"tp2": spec}, sample_shards), timeout=240)
+    run_torchrun(WORKER, 2, worker_args(flow, {"tp2": spec}, sample_shards) + ["--save-model"], timeout=240)
+    return flow
+
+
+@pytest.mark.distributed
+def test_tensor_parallel_matches_single_process(flow, tp2):
     reference = load(flow, "ref")["losses"]
     for rank in (0, 1):
-        assert_close(load(flow, "tp2", rank)["losses"], reference, f"TP=2 rank {rank}")
+        assert_close(load(tp2, "tp2", rank)["losses"], reference, f"TP=2 rank {rank}")
+
+
+@pytest.mark.distributed
+def test_export_of_tensor_parallel_checkpoint(tp2):
+    export = tp2 / "tp2_export"
+    run_checked([sys.executable, str(CONVERT), "export", str(tp2 / "tp2" / "checkpoints"), str(export)],
+                env=cpu_env(), timeout=240)
+    trained = load(tp2, "tp2")
+    model = GPT.from_pretrained(export)  # TP=1 in this process
+    exported = full_state_dict(model)
+    assert exported.keys() == trained["weights"].keys()
+    for name, weight in trained["weights"].items():
+        assert torch.equal(exported[name], weight), f"{name}: exported weights differ from the TP=2 run's"
+    with torch.no_grad():
+        logits = gather_logits(model(trained["probe_ids"]).logits, model.config.vocab_size)
+    torch.testing.assert_close(logits, trained["logits"], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.distributed

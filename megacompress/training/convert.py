@@ -9,9 +9,19 @@
 
 ``export CKPT_DIR OUT_DIR [--tag TAG]``
     Consolidated fp32 weights: ``OUT_DIR/model.safetensors`` + ``config.json``, loadable by
-    ``GPT.from_pretrained(OUT_DIR)`` at any TP size. ZeRO-1/2/3 shards are merged with
-    DeepSpeed's ``zero_to_fp32`` helpers; a ZeRO-0 checkpoint holds the full module already.
-    Checkpoints trained with TP > 1 are refused (DeepSpeed's merge is per TP rank).
+    ``GPT.from_pretrained(OUT_DIR)`` at any TP size. Works for any TP size and ZeRO stage:
+
+    1. per TP rank ``t`` (TP size from the manifest), that rank's fp32 shards. ZeRO-1/2/3:
+       DeepSpeed's ``zero_to_fp32`` merge of the DP partitions, run on a directory of links
+       to the files named ``*mp_rank_{t:02d}_*`` (it globs one directory and expects one
+       optimizer file per DP rank). ZeRO-0: the module of ``mp_rank_{t:02d}_model_states.pt``
+       (full fp32 weights; a bf16 ZeRO-0 module is refused, its fp32 master weights are in
+       ``bf16_*optim_states.pt`` files that ``zero_to_fp32`` cannot read);
+    2. TP-sharded parameters concatenated along their ``partition_dim`` (read from a TP=1
+       `GPT` of the manifest's config), rank order; replicated ones taken from rank 0;
+    3. vocabulary tables (``Vp_tp = vocab_size`` padded to a multiple of ``128 * tp`` rows)
+       checked to have all-zero padding rows and cut to the TP=1 padded size;
+    4. loaded into the TP=1 model (strict: names and shapes) and written by ``save_pretrained``.
 """
 
 from __future__ import annotations
@@ -21,10 +31,13 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
+from megacompress.parallel.layers import VocabParallelEmbedding
 from megacompress.training.checkpoint import (MANIFEST, CheckpointError, list_files, read_latest, read_manifest,
                                               write_text_atomic)
 
@@ -56,31 +69,85 @@ def to_universal(ckpt_dir: Path, out_dir: Path, tag: str | None = None) -> Path:
     return final
 
 
-def consolidated_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
-    """Full fp32 parameters (DeepSpeed module names) of a TP=1 checkpoint."""
-    path = ckpt_dir / tag
-    if list(path.glob("mp_rank_01_*")) or list(path.glob("*_mp_rank_01_*")):
-        raise CheckpointError(f"{path} was trained with tensor parallelism > 1; export needs a TP=1 checkpoint")
-    if not list(path.glob("*optim_states.pt")) or json.loads((path / MANIFEST).read_text()) \
-            ["train_config"]["parallel"]["zero_stage"] == 0:
-        state = torch.load(path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-        return {k: v.float() for k, v in state["module"].items()}
+def tensor_parallel_rank_state_dict(tag_dir: Path, tp_rank: int, zero_stage: int) -> dict[str, torch.Tensor]:
+    """TP rank ``tp_rank``'s fp32 parameters and buffers (its TP shards, DP partitions merged).
+
+    Keys are module names (``embed.weight``, ...); TP-sharded tensors have their local shape.
+    """
+    files = sorted(tag_dir.glob(f"*mp_rank_{tp_rank:02d}_*"))
+    if not files:
+        raise CheckpointError(f"{tag_dir} has no files of TP rank {tp_rank} (*mp_rank_{tp_rank:02d}_*)")
+    if zero_stage == 0:
+        path = tag_dir / f"mp_rank_{tp_rank:02d}_model_states.pt"
+        module = torch.load(path, map_location="cpu", weights_only=False)["module"]
+        low = sorted({str(v.dtype) for v in module.values() if v.is_floating_point() and v.dtype != torch.float32})
+        if low:
+            raise CheckpointError(f"{path} holds {', '.join(low)} weights (bf16 training under ZeRO-0): its fp32 "
+                                  "master weights are in DeepSpeed's bf16_*optim_states.pt files, which export "
+                                  "cannot read; train with parallel.zero_stage >= 1 to export fp32 weights")
+        return module
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    with tempfile.TemporaryDirectory(prefix="export_") as view:
+        (Path(view) / tag_dir.name).mkdir()
+        for file in files:
+            (Path(view) / tag_dir.name / file.name).symlink_to(file.resolve())
+        return get_fp32_state_dict_from_zero_checkpoint(view, tag=tag_dir.name)
+
+
+def merge_tensor_parallel(model: torch.nn.Module, shards: list[dict[str, torch.Tensor]],
+                          source: Path) -> dict[str, torch.Tensor]:
+    """One state dict for the TP=1 ``model`` from the TP ranks' ``shards`` (rank order).
+
+    ``sharding.gather`` is the collective form of this concatenation; here the shards are
+    files, so it is a plain ``torch.cat`` along each parameter's ``partition_dim``.
+    """
+    for rank, shard in enumerate(shards[1:], 1):
+        if shard.keys() != shards[0].keys():
+            raise CheckpointError(f"{source}: TP rank {rank} has tensors {sorted(shard.keys() ^ shards[0].keys())} "
+                                  "that TP rank 0 has not (or the reverse)")
+    params = dict(model.named_parameters())
+    vocab = {f"{name}.weight": m for name, m in model.named_modules() if isinstance(m, VocabParallelEmbedding)}
+    merged = {}
+    for name, local in shards[0].items():
+        param = params.get(name)
+        if param is None or not getattr(param, "tensor_model_parallel", False):
+            merged[name] = local  # replicated over TP (norms, buffers): identical on every rank
+            continue
+        full = torch.cat([shard[name] for shard in shards], dim=param.partition_dim)
+        if name in vocab:
+            # Padding rows never receive a gradient, so they are still zero; anything else
+            # means the shards are not in rank order or not ours.
+            if full[vocab[name].num_embeddings:].any():
+                raise CheckpointError(f"{source}: {name} has non-zero vocabulary padding rows after merging "
+                                      f"{len(shards)} TP shards")
+            full = full[:param.shape[0]]  # Vp_tp rows -> the TP=1 padded size
+        merged[name] = full
+    return merged
 
 
 def export(ckpt_dir: Path, out_dir: Path, tag: str | None = None) -> Path:
     from megacompress.models.config import ModelConfig
     from megacompress.models.gpt import GPT
+    from megacompress.parallel import state
 
     tag, manifest = _resolve(ckpt_dir, tag)
+    tag_dir = ckpt_dir / tag
+    parallel = manifest["train_config"]["parallel"]
+    tp = parallel["tensor_parallel_size"]
+    if list(tag_dir.glob(f"*mp_rank_{tp:02d}_*")):
+        raise CheckpointError(f"{tag_dir} has files of TP rank {tp}, but its manifest says tensor_parallel_size={tp}")
     model = GPT(ModelConfig.from_dict(manifest["model_config"]))
-    state = consolidated_state_dict(ckpt_dir, tag)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{ckpt_dir / tag} does not match its model config: missing {missing}, "
-                              f"unexpected {unexpected}")
+    if state.get_tensor_parallel_world_size() != 1:  # the merge below fills an unsharded model
+        raise CheckpointError("export must run in a process without tensor parallelism (it is a CLI; "
+                              "inside a TP run use GPT.save_pretrained)")
+    shards = [tensor_parallel_rank_state_dict(tag_dir, rank, parallel["zero_stage"])
+              for rank in tqdm(range(tp), desc="TP ranks", disable=tp == 1)]
+    merged = merge_tensor_parallel(model, shards, tag_dir)
+    try:
+        model.load_state_dict(merged, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{tag_dir} does not match its model config: {exc}") from None
     model.save_pretrained(out_dir)
     return out_dir
 
