@@ -159,3 +159,17 @@ def exec_or_print(cmd: list[str], dry_run: bool, *, gpus: bool) -> int:
             os.environ.setdefault(key, value)
     os.execvp(cmd[0], cmd)
     raise AssertionError("unreachable: execvp returned")
+
+
+def launch_main(parser: argparse.ArgumentParser, build_command, argv: list[str] | None = None) -> int:
+    """``main`` of a command-building launcher: parse, validate and build, then exec or print.
+
+    A config or launch error prints ``error: ...`` and returns 2 before anything starts.
+    """
+    args = parser.parse_args(argv)
+    try:
+        cmd = build_command(args)
+    except LaunchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return exec_or_print(cmd, args.dry_run, gpus=args.gpus)

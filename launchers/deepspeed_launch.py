@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # `python launchers/deepspeed_launch.py`: make `l
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from launchers.common import (  # noqa: E402
-    LaunchError, add_launch_arguments, add_train_arguments, command_from_args, exec_or_print,
+    LaunchError, add_launch_arguments, add_train_arguments, command_from_args, launch_main,
     run_dir_override, validate)
 
 
@@ -106,13 +106,7 @@ def build_command(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        cmd = build_command(args)
-    except LaunchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return exec_or_print(cmd, args.dry_run, gpus=args.gpus)
+    return launch_main(build_parser(), build_command, argv)
 
 
 if __name__ == "__main__":

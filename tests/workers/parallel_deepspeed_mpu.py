@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 
-import deepspeed
 import torch
 
 from megacompress.parallel import state
+from megacompress.training.trainer import import_deepspeed
 from parallel_tp_dp import ToyModel, global_batch  # same directory (on sys.path as the script dir)
-
 
 
 def main() -> None:
@@ -25,6 +24,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-2)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    deepspeed = import_deepspeed()  # without the JIT-built shared-memory comm kernel (~50 s on a new machine)
     deepspeed.init_distributed(dist_backend="gloo")
     state.initialize(args.tp)
     model = ToyModel()
