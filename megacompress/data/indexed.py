@@ -91,6 +91,21 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
+def cast_tokens(arr: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
+    """``arr`` as ``dtype``; raises (naming ``where``) instead of wrapping ids that do not fit.
+
+    A silent wrap-around (e.g. id 70000 into uint16) would corrupt the shard.
+    """
+    if arr.dtype == dtype:
+        return arr
+    if arr.size and dtype.kind in "iu" and arr.dtype.kind in "iub":
+        info = np.iinfo(dtype)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < info.min or hi > info.max:
+            raise ValueError(f"{where}: token ids in [{lo}, {hi}] do not fit dtype {dtype}")
+    return arr.astype(dtype)
+
+
 class IndexedDatasetWriter:
     """Streaming, atomic writer of one shard.
 
@@ -141,17 +156,7 @@ class IndexedDatasetWriter:
         arr = np.asarray(tokens)
         if arr.ndim != 1:
             raise ValueError(f"{self.prefix}: tokens must be 1-D, got shape {arr.shape}")
-        if arr.dtype != self.dtype:
-            # A silent wrap-around (e.g. id 70000 into uint16) would corrupt the shard.
-            if arr.size and self.dtype.kind in "iu" and arr.dtype.kind in "iub":
-                info = np.iinfo(self.dtype)
-                lo, hi = int(arr.min()), int(arr.max())
-                if lo < info.min or hi > info.max:
-                    raise ValueError(
-                        f"{self.prefix}: token ids in [{lo}, {hi}] do not fit dtype {self.dtype}"
-                    )
-            arr = arr.astype(self.dtype)
-        return arr
+        return cast_tokens(arr, self.dtype, self.prefix)
 
     def add_document(self, tokens, sequence_lengths: list[int] | None = None) -> None:
         """Append one document made of one or more sequences.

@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from megacompress.data import readers
-from megacompress.data.indexed import DTYPE_CODES, IndexedDatasetWriter, best_dtype
+from megacompress.data.indexed import DTYPE_CODES, IndexedDatasetWriter, best_dtype, cast_tokens
 from megacompress.data.tokenizers import TOKENIZER_KINDS, build_tokenizer
 
 RECORD_PROBLEMS = ("blank_line", "invalid_utf8", "invalid_json", "not_an_object")
@@ -67,7 +67,8 @@ def shard_prefix(output_prefix: str, key: str) -> str:
 _STATE: dict = {}
 
 
-def _init_worker(tokenizer: str, tokenizer_model: str | None, keys: list[str], append_eod: bool, punkt_params) -> None:
+def _init_worker(tokenizer: str, tokenizer_model: str | None, keys: list[str], append_eod: bool, punkt_params,
+                 dtype: str) -> None:
     tok = _STATE.get("tokenizer")
     if tok is None or (tok.name, getattr(tok, "model_path", None)) != (tokenizer, tokenizer_model):
         tok = build_tokenizer(tokenizer, tokenizer_model)
@@ -77,6 +78,7 @@ def _init_worker(tokenizer: str, tokenizer_model: str | None, keys: list[str], a
         append_eod=append_eod,
         splitter=_make_splitter(punkt_params) if punkt_params is not None else None,
         eos=tok.special_id("eos"),
+        dtype=np.dtype(dtype),
     )
 
 
@@ -90,7 +92,7 @@ def _make_splitter(punkt_params):
 class KeyResult:
     """One chunk's output for one key: documents concatenated."""
 
-    tokens: np.ndarray  # int64 [sum(doc_lengths)]
+    tokens: np.ndarray  # shard dtype [sum(doc_lengths)]
     doc_lengths: np.ndarray  # int64 [documents]
     eos_offsets: np.ndarray  # int32 [sum(eos_counts)], offsets inside each document
     eos_counts: np.ndarray  # int64 [documents]
@@ -146,7 +148,9 @@ def process_chunk(chunk: readers.Chunk) -> tuple[dict[str, KeyResult], Counter]:
             counts.append(len(offsets))
     results = {
         key: KeyResult(
-            np.asarray(t, dtype=np.int64),
+            # Cast to the shard dtype here, once per chunk: 2-byte ids cross the process
+            # boundary instead of 8-byte ones, and the parent only writes them.
+            cast_tokens(np.asarray(t, dtype=np.int64), _STATE["dtype"], f"chunk of {chunk.path}"),
             np.asarray(l, dtype=np.int64),
             np.asarray(e, dtype=np.int32),
             np.asarray(c, dtype=np.int64),
@@ -251,7 +255,7 @@ def preprocess(cfg: PreprocessConfig) -> dict:
 
     partitions = readers.plan_partitions(files, cfg.partitions)
     total_bytes = sum(os.path.getsize(p) for p in files)
-    init_args = (cfg.tokenizer, cfg.tokenizer_model, cfg.json_keys, cfg.append_eod, punkt_params)
+    init_args = (cfg.tokenizer, cfg.tokenizer_model, cfg.json_keys, cfg.append_eod, punkt_params, dtype.name)
     _init_worker(*init_args)
     pool = None
     if cfg.workers > 1:
