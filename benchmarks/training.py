@@ -123,13 +123,17 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4), squeeze=False)
-    for ax, (model, cases) in zip(axes[0], results.items()):
+    fig, axes = plt.subplots(2, len(results), figsize=(6 * len(results), 7), squeeze=False)
+    for col, (model, cases) in enumerate(results.items()):
         names = list(cases)
-        ax.bar(names, [cases[n]["ratio_to_plain"] for n in names])
-        ax.axhline(1.0, color="gray", linestyle="--")
-        ax.set_title(f"{model}: tokens/s relative to plain PyTorch")
-        ax.tick_params(axis="x", rotation=45)
+        speed, memory = axes[0][col], axes[1][col]
+        speed.bar(names, [cases[n]["ratio_to_plain"] for n in names])
+        speed.axhline(1.0, color="gray", linestyle="--")
+        speed.set_title(f"{model}: tokens/s relative to plain PyTorch")
+        memory.bar(names, [max(cases[n]["peak_rss_gb"]) for n in names], color="tab:orange")
+        memory.set_title(f"{model}: peak RSS of the largest rank (GB)")
+        for ax in (speed, memory):
+            ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
     fig.savefig(path)
 
