@@ -1,7 +1,7 @@
 """Communication volume per optimizer step for DP / ZeRO stages and tensor parallelism.
 
     python -m launchers.comm_volume                     # paper sizes, 8..512 GPUs, batch 4096
-    python -m launchers.comm_volume --models baseline-12 --gpus 64 --global-batch 64 --tp 1 2
+    python -m launchers.comm_volume --models baseline-12 --gpus 64 --global-batch 512 --tp 1 2
 
 Bytes each GPU sends (= receives) per optimizer step with ring collectives: all-reduce
 2(n-1)/n x size, reduce-scatter and all-gather (n-1)/n x size each. Psi = parameter count
@@ -114,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tflops", type=float, default=400.0,
                         help="achieved TFLOP/s per GPU for the compute-time column (e.g. 40%% of an H100's bf16 peak)")
     args = parser.parse_args(argv)
+    table = list(rows(args.models, args.gpus, args.tp, args.zero, args.global_batch, args.micro_batch,
+                      args.seq_len, args.bytes, args.bandwidth, args.tp_bandwidth, args.tflops))
+    if not table:  # an empty table would read as "nothing to communicate"
+        print(f"error: no layout fits: --global-batch {args.global_batch} must be a multiple of --micro-batch "
+              f"{args.micro_batch} x DP (= GPUs / TP) for some --gpus / --tp", file=sys.stderr)
+        return 2
     header = (f"{'model':<12}{'params':>8}{'GPUs':>6}{'TP':>4}{'DP':>5}{'ZeRO':>5}{'accum':>6}"
               f"{'DP GB':>9}{'TP GB':>9}{'comm s':>9}{'compute s':>11}")
     print(f"per GPU per optimizer step; global batch {args.global_batch} x {args.seq_len} tokens, micro batch "
@@ -121,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.tflops:g} TFLOP/s")
     print(header)
     print("-" * len(header))
-    for r in rows(args.models, args.gpus, args.tp, args.zero, args.global_batch, args.micro_batch, args.seq_len,
-                  args.bytes, args.bandwidth, args.tp_bandwidth, args.tflops):
+    for r in table:
         print(f"{r['model']:<12}{r['params_m']:>7.0f}M{r['gpus']:>6}{r['tp']:>4}{r['dp']:>5}{r['zero']:>5}"
               f"{r['accum']:>6}{r['dp_gb']:>9.2f}{r['tp_gb']:>9.2f}{r['comm_s']:>9.3f}{r['compute_s']:>11.3f}")
     return 0

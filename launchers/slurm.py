@@ -30,7 +30,8 @@ from launchers.slurm_job import TrainJob  # noqa: E402
 
 
 def parse_time(text: str) -> int:
-    """SLURM time ``[D-]HH:MM:SS`` / ``HH:MM`` / ``MM`` -> whole minutes (rounded up)."""
+    """SLURM ``--time`` -> whole minutes (rounded up), in sbatch's formats: ``MM``, ``MM:SS``,
+    ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS`` (two fields mean MM:SS without a day)."""
     days, _, clock = text.rpartition("-")
     parts = clock.split(":")
     try:
@@ -41,9 +42,9 @@ def parse_time(text: str) -> int:
     if len(numbers) == 3:
         hours, minutes, seconds = numbers
     elif len(numbers) == 2:
-        hours, minutes, seconds = numbers[0], numbers[1], 0
-    elif len(numbers) == 1 and not days:
-        hours, minutes, seconds = 0, numbers[0], 0
+        hours, minutes, seconds = (numbers[0], numbers[1], 0) if days else (0, numbers[0], numbers[1])
+    elif len(numbers) == 1:
+        hours, minutes, seconds = (numbers[0], 0, 0) if days else (0, numbers[0], 0)
     else:
         raise LaunchError(f"--time {text!r}: expected [D-]HH:MM:SS")
     total = day_count * 1440 + hours * 60 + minutes + (1 if seconds else 0)

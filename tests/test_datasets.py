@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from distributed_helpers import REPO_ROOT, run_torchrun
-from megacompress.data.blended import BlendedDataset, blend_indices
+from megacompress.data.blended import BlendedDataset, blend_counts, blend_indices
 from megacompress.data.builder import DataConfig, DataConfigError, build_datasets
 from megacompress.data.document_dataset import DocumentDataset, DocumentDatasetConfig
 from megacompress.data.gpt_dataset import GPTDataset, GPTDatasetConfig
@@ -293,3 +293,30 @@ def test_builder_on_preprocessed_shard(tmp_path):
     gpt = build_datasets(DataConfig(data_path=[prefix], kind="gpt", split="1,0,0"), tokenizer, seq_length=64,
                          num_samples=[5, 0, 0])[0]
     assert not gpt.config.add_eod  # the shard already ends documents with EOD
+
+
+def test_blend_counts_match_blended_dataset_and_zero_sample_document_part(tmp_path):
+    # Weights whose normalisation is not idempotent: the builder's blend_counts and the
+    # BlendedDataset must still agree (a tie flipped by one ulp used to need 8 samples of 7).
+    weights, size = [1 / 3, 3], 75
+    counts = blend_counts(weights, size, tmp_path).tolist()
+
+    class Sized:
+        def __init__(self, n):
+            self.n = n
+
+        def __len__(self):
+            return self.n
+
+    blend = BlendedDataset([Sized(counts[0]), Sized(counts[1])], weights, size, tmp_path)
+    assert np.bincount(blend.dataset_index, minlength=2).tolist() == counts
+
+    tokenizer = BytesTokenizer()
+    rng = np.random.default_rng(8)
+    a = write_shard(tmp_path / "a", random_docs(rng, 20, low=2))
+    b = write_shard(tmp_path / "b", random_docs(rng, 20, low=2))
+    for prefix in (a, b):
+        write_meta(prefix, tokenizer, append_eod=False)
+    config = DataConfig(data_path=[1, a, 1, b], kind="document", split="1,0,0", cache_dir=str(tmp_path / "c"))
+    train = build_datasets(config, tokenizer, seq_length=8, num_samples=[1, 0, 0])[0]  # b contributes 0
+    assert len(train) == 1 and len(train.datasets[1]) == 0

@@ -14,7 +14,7 @@ import pytest
 
 from distributed_helpers import REPO_ROOT, cpu_env, free_port
 from launch_fixtures import CONFIG, read_losses, set_args, tiny_run
-from launchers import deepspeed_launch, torchrun
+from launchers import comm_volume, deepspeed_launch, torchrun
 from launchers.common import LaunchError, load_sweep
 
 REL = 1e-5
@@ -110,3 +110,11 @@ def test_sweep_file(tmp_path):
     sweep.write_text("optimizer.lr: 1.0e-3\n")
     with pytest.raises(LaunchError, match="must be a non-empty YAML list of mappings"):
         load_sweep(sweep)
+
+
+def test_comm_volume_refuses_an_empty_table(capsys):
+    # 64 sequences cannot be split into micro batches of 8 over 64 or 32 DP ranks.
+    assert comm_volume.main(["--models", "baseline-12", "--gpus", "64", "--global-batch", "64"]) == 2
+    assert "no layout fits" in capsys.readouterr().err
+    assert comm_volume.main(["--models", "baseline-12", "--gpus", "64", "--global-batch", "512", "--zero", "1"]) == 0
+    assert "baseline-12" in capsys.readouterr().out

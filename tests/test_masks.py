@@ -191,3 +191,10 @@ def test_bad_metadata_is_a_clear_error():
         masks.gist(GIST_DOC, torch.tensor([4]), torch.tensor([2]))
     with pytest.raises(ValueError, match="document_ids must be an integer"):
         masks.document_causal(GIST_DOC.float())
+
+
+def test_empty_gist_span_inside_the_sequence_is_refused():
+    docs = torch.zeros(1, 8, dtype=torch.long)
+    with pytest.raises(ValueError, match="without gists"):
+        masks.gist(docs, torch.tensor([3]), torch.tensor([3]))
+    masks.gist(docs, torch.tensor([8]), torch.tensor([8]))  # no gists: plain causal, allowed

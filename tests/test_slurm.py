@@ -11,7 +11,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -127,3 +130,36 @@ def test_invalid_config_fails_at_submission(tmp_path, capsys):
     assert slurm.main([*base, "--tasks-per-node", "3"]) == 2
     assert "global batch size 16 is not a positive multiple" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing was submitted
+
+
+@pytest.mark.parametrize("text,minutes", [("30", 30), ("10:00", 10), ("10:30", 11), ("01:30:00", 90),
+                                          ("1-2", 1560), ("1-02:30", 1590), ("2-00:00:01", 2881)])
+def test_parse_time_uses_sbatch_formats(text, minutes):
+    # sbatch reads two fields as MM:SS (HH:MM only after a day count): "10:00" is ten minutes.
+    assert slurm.parse_time(text) == minutes
+
+
+
+def test_stop_script_signals_only_its_own_daemons(tmp_path):
+    # slurmd's pid file names a live `slurmd` (a renamed `sleep`); slurmctld's pid file names a
+    # reused pid now running something else, which the stop script must leave alone.
+    (tmp_path / "pids").mkdir()
+    daemon_exe = tmp_path / "slurmd"
+    daemon_exe.symlink_to(shutil.which("sleep"))
+    # Started through a shell that exits at once, like the real daemons: not our child, so
+    # it is reaped as soon as it dies instead of lingering as a zombie.
+    daemon = int(subprocess.run(["sh", "-c", '"$0" 60 >/dev/null 2>&1 & echo $!', str(daemon_exe)],
+                                capture_output=True, text=True, check=True).stdout)
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "pids" / "slurmd.pid").write_text(f"{daemon}\n")
+        (tmp_path / "pids" / "slurmctld.pid").write_text(f"{stranger.pid}\n")
+        subprocess.run(["bash", str(REPO_ROOT / "tools/slurm/stop_local_cluster.sh")], check=True, timeout=60,
+                       env={"PATH": "/usr/bin:/bin", "MEGACOMPRESS_SLURM_DIR": str(tmp_path)})
+        assert not Path(f"/proc/{daemon}").exists()
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+        if Path(f"/proc/{daemon}").exists():
+            os.kill(daemon, signal.SIGKILL)

@@ -71,6 +71,11 @@ def _check_gist(document_ids: Tensor, gist_start: Tensor, gist_end: Tensor) -> N
         )
     if bool((gist_start < 0).any()) or bool((gist_end < gist_start).any()):
         raise ValueError("attention.masks: need 0 <= gist_start <= gist_end in every row")
+    # An empty gist span inside the sequence would silently act as the negative control.
+    seq = document_ids.shape[1]
+    if bool(((gist_start == gist_end) & (gist_start < seq)).any()):
+        raise ValueError(f"attention.masks: a row without gists needs gist_start == gist_end >= {seq} "
+                         "(the sequence length); an empty span inside the sequence is ambiguous")
 
 
 def _same_document(document_ids: Tensor, b: Tensor, q_idx: Tensor, kv_idx: Tensor, allowed: Tensor) -> Tensor:

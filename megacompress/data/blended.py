@@ -84,7 +84,9 @@ class BlendedDataset:
             raise ValueError(f"{len(datasets)} datasets but {len(weights)} weights")
         self.datasets = list(datasets)
         self.weights = normalize_weights(weights)
-        indices = blend_indices(self.weights, size, cache_dir)
+        # Raw weights, as builders pass to blend_counts: normalising twice can move a
+        # weight by one ulp, flip a tie in the greedy assignment and change the counts.
+        indices = blend_indices(weights, size, cache_dir)
         self.dataset_index = indices["dataset_index"]
         self.dataset_sample_index = indices["dataset_sample_index"]
         counts = np.bincount(self.dataset_index, minlength=len(datasets))

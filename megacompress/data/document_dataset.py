@@ -143,7 +143,7 @@ class DocumentDataset:
             raise ValueError(f"{self.prefix}: documents {self.document_range} contain no document "
                              "with at least 2 tokens")
         num_samples = len(chunks) if cfg.num_samples is None else cfg.num_samples
-        num_epochs = -(-num_samples // len(chunks))
+        num_epochs = max(1, -(-num_samples // len(chunks)))  # num_samples=0: an unsampled blend part
         rng = np.random.Generator(np.random.PCG64(cfg.seed))
         rows = np.arange(len(chunks), dtype=np.int64)
         order = np.concatenate([rng.permutation(rows) if cfg.shuffle else rows for _ in range(num_epochs)])

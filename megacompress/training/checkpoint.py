@@ -178,10 +178,15 @@ class CheckpointManager:
             delay = float(os.environ.get(SLEEP_BEFORE_COMMIT_ENV, "0") or 0)
             if delay:
                 time.sleep(delay)
-            if final.exists():  # re-saving a step (e.g. after a resume): replace it
-                shutil.rmtree(final)
+            # Re-saving a step (e.g. after a resume): move the old copy aside with two renames
+            # rather than deleting it first, so `latest` lacks its directory only between them.
+            # The ".tmp" name makes a leftover from a kill count as stale.
+            replaced = self.root / f"{tag}.replaced.tmp"
+            if final.exists():
+                os.rename(final, replaced)
             os.rename(tmp, final)
             write_text_atomic(self.root / LATEST, tag)
+            shutil.rmtree(replaced, ignore_errors=True)
             self._prune(keep=tag)
         _barrier()
         return final

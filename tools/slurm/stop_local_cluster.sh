@@ -9,7 +9,14 @@ STATE=${MEGACOMPRESS_SLURM_DIR:-/tmp/megacompress-slurm}
 PIDS=$STATE/pids
 CONF=$STATE/slurm.conf
 
-alive() { [ -f "$PIDS/$1.pid" ] && kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; }
+# A pid file names our daemon only while that pid still runs a program of the daemon's name:
+# after a crash the pid may belong to an unrelated process, which must not be signalled.
+alive() {
+    [ -f "$PIDS/$1.pid" ] || return 1
+    local pid
+    pid=$(cat "$PIDS/$1.pid")
+    kill -0 "$pid" 2>/dev/null && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ]
+}
 
 if alive slurmctld && [ -f "$CONF" ]; then
     # Jobs end through slurmd, which signals their steps; give it a moment before stopping it.
