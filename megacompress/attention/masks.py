@@ -138,15 +138,21 @@ def gpthf_body(document_ids: Tensor, eos_mask: Tensor) -> MaskFn:
     return gpthf_body_mask
 
 
-def gist(document_ids: Tensor, gist_start: Tensor, gist_end: Tensor) -> MaskFn:
-    """Gist mask (SPEC §2): queries ``q >= gist_end`` see only keys ``kv >= gist_start``; others are causal."""
+def _after_gists_see_from(document_ids: Tensor, gist_start: Tensor, gist_end: Tensor,
+                          first_visible: Tensor) -> MaskFn:
+    """Causal + padding, except that queries ``q >= gist_end`` see only keys ``kv >= first_visible[b]``."""
     _check_gist(document_ids, gist_start, gist_end)
 
-    def gist_mask(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-        allowed = (kv_idx <= q_idx) & ((q_idx < gist_end[b]) | (kv_idx >= gist_start[b]))
+    def mask(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        allowed = (kv_idx <= q_idx) & ((q_idx < gist_end[b]) | (kv_idx >= first_visible[b]))
         return _same_document(document_ids, b, q_idx, kv_idx, allowed)
 
-    return gist_mask
+    return mask
+
+
+def gist(document_ids: Tensor, gist_start: Tensor, gist_end: Tensor) -> MaskFn:
+    """Gist mask (SPEC §2): queries ``q >= gist_end`` see only keys ``kv >= gist_start``; others are causal."""
+    return _after_gists_see_from(document_ids, gist_start, gist_end, gist_start)
 
 
 def gist_pos_control(document_ids: Tensor, gist_start: Tensor, gist_end: Tensor) -> MaskFn:
@@ -157,13 +163,7 @@ def gist_pos_control(document_ids: Tensor, gist_start: Tensor, gist_end: Tensor)
 
 def gist_neg_control(document_ids: Tensor, gist_start: Tensor, gist_end: Tensor) -> MaskFn:
     """Gist negative control: queries ``q >= gist_end`` see neither instruction nor gists (``kv >= gist_end``)."""
-    _check_gist(document_ids, gist_start, gist_end)
-
-    def gist_neg_control_mask(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-        allowed = (kv_idx <= q_idx) & ((q_idx < gist_end[b]) | (kv_idx >= gist_end[b]))
-        return _same_document(document_ids, b, q_idx, kv_idx, allowed)
-
-    return gist_neg_control_mask
+    return _after_gists_see_from(document_ids, gist_start, gist_end, gist_end)
 
 
 def with_q_offset(mask_fn: MaskFn, q_offset: int) -> MaskFn:
