@@ -24,13 +24,13 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from megacompress.atomic import atomic_write
 from megacompress.attention import dispatch, masks
 from megacompress.attention.dispatch import AttentionMask, attend, prepare
 
@@ -127,17 +127,6 @@ def run(args: argparse.Namespace) -> dict:
         config=dict(vars(args), torch=torch.__version__, host=platform.machine(), threads=torch.get_num_threads()),
         results=results,
     )
-
-
-def atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def plot(report: dict, path: Path) -> None:

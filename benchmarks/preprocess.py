@@ -23,6 +23,8 @@ from pathlib import Path
 
 import psutil
 
+from megacompress.atomic import write_text_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / ".." / "shared" / "data" / "corpus" / "train.jsonl"
 RESULTS = REPO / "benchmarks" / "results"
@@ -128,9 +130,7 @@ def main(argv=None) -> None:
         f"peak_rss_ratio_x{args.repeat}_vs_x1": runs[0]["peak_rss_mb"] / runs[2]["peak_rss_mb"],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp_json = RESULTS / "preprocess.json.tmp"
-    tmp_json.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp_json, RESULTS / "preprocess.json")
+    write_text_atomic(RESULTS / "preprocess.json", json.dumps(results, indent=2) + "\n")
     plot(results, RESULTS / "preprocess.png")
     print(json.dumps({k: v for k, v in results.items() if k != "runs"}, indent=2))
     for r in runs:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from megacompress.atomic import write_text_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 # (model preset, sequence length, micro batch, timed steps)
@@ -176,9 +178,7 @@ def save(results: dict, models: list[str]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"seq_len_micro_batch_steps": {m: CASES[m] for m in models}, "cpu_count": os.cpu_count(),
             "load_average": os.getloadavg(), "note": "shared 2-core machine; compare ratios within one run"}
-    tmp = RESULTS / "training.json.tmp"
-    tmp.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    os.replace(tmp, RESULTS / "training.json")
+    write_text_atomic(RESULTS / "training.json", json.dumps({"meta": meta, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 import pytest
 
+from megacompress.atomic import write_text_atomic
 from megacompress.models.config import ModelConfig
 from megacompress.training.checkpoint import (CheckpointError, CheckpointManager, TrainState, read_latest,
-                                              read_manifest, write_manifest, write_text_atomic)
+                                              read_manifest, write_manifest)
 
 TINY = ModelConfig.from_preset("tiny").to_dict()
 

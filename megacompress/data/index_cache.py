@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch.distributed as dist
 
+from megacompress.atomic import atomic_write, write_text_atomic
 from megacompress.data.indexed import IndexedDataset
 
 # Bump when the layout of any cached array changes, so stale caches are not reused.
@@ -96,26 +96,9 @@ def config_digest(config: dict) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a str path
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def _is_distributed() -> bool:
@@ -149,9 +132,9 @@ def load_or_build(
             cache.mkdir(parents=True, exist_ok=True)
             arrays = build()
             for key, array in arrays.items():
-                _atomic_save_npy(cache / f"{name}-{digest}-{key}.npy", array)
+                atomic_write(cache / f"{name}-{digest}-{key}.npy", lambda tmp: _save_npy(tmp, array))
             description = {"name": name, "digest": digest, "keys": sorted(arrays), "config": config}
-            _atomic_write_text(marker, json.dumps(description, indent=2, sort_keys=True) + "\n")
+            write_text_atomic(marker, json.dumps(description, indent=2, sort_keys=True) + "\n")
             built = True
         except BaseException as exc:  # reach the barrier anyway so other ranks fail instead of hanging
             error = exc

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field as dc_field
 import numpy as np
 from tqdm import tqdm
 
+from megacompress.atomic import write_text_atomic
 from megacompress.data import readers
 from megacompress.data.indexed import DTYPE_CODES, IndexedDatasetWriter, best_dtype, cast_tokens
 from megacompress.data.tokenizers import TOKENIZER_KINDS, build_tokenizer
@@ -228,14 +229,6 @@ class _KeyOutput:
         return [w for w in (self.main, self.eos) if w is not None]
 
 
-def _write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def preprocess(cfg: PreprocessConfig) -> dict:
     """Run the whole pipeline; returns the summary (also written into each meta.json)."""
     t0 = time.perf_counter()
@@ -339,7 +332,7 @@ def preprocess(cfg: PreprocessConfig) -> dict:
             "eos_sidecar": os.path.basename(prefix) + ".eos" if cfg.split_sentences else None,
             "counts": summary["keys"][key] | {"records": summary["records"]},
         }
-        _write_json_atomic(prefix + ".meta.json", meta)
+        write_text_atomic(prefix + ".meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return summary
 
 

@@ -10,8 +10,6 @@ Both files are written atomically (temporary file + ``os.replace``) by global ra
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from megacompress.atomic import atomic_write
 from megacompress.models.config import ConfigError, ModelConfig
 from megacompress.parallel import sharding, state
 from megacompress.parallel.layers import VocabParallelEmbedding
@@ -53,26 +52,15 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save(model: nn.Module, config: ModelConfig, directory: str | Path) -> None:
     """Every rank calls this (TP gathers are collective); global rank 0 writes."""
     tensors = full_state_dict(model)
     if state.get_rank() == 0:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
         text = json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
-        _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
     if dist.is_initialized():
         dist.barrier()  # nobody reads the directory before it is complete
 

@@ -35,6 +35,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from megacompress.atomic import atomic_write, write_text_atomic
+
 MANIFEST = "manifest.json"
 LATEST = "latest"
 TAG_RE = re.compile(r"^global_step(\d+)$")
@@ -70,16 +72,6 @@ def _rank() -> int:
 
 def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same directory and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def rng_file(rank: int) -> str:
@@ -170,8 +162,7 @@ class CheckpointManager:
         _barrier()
         engine.save_checkpoint(str(self.root), tag=tmp.name, save_latest=False)
         rng_path = tmp / rng_file(rank)
-        torch.save(rng_state, rng_path.with_suffix(".part"))
-        os.replace(rng_path.with_suffix(".part"), rng_path)
+        atomic_write(rng_path, lambda part: torch.save(rng_state, part))
         _barrier()
         if rank == 0:
             write_manifest(tmp, state=state, model_config=model_config, train_config=train_config)

@@ -37,9 +37,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from megacompress.atomic import write_text_atomic
 from megacompress.parallel.layers import VocabParallelEmbedding
-from megacompress.training.checkpoint import (MANIFEST, CheckpointError, list_files, read_latest, read_manifest,
-                                              write_text_atomic)
+from megacompress.training.checkpoint import MANIFEST, CheckpointError, list_files, read_latest, read_manifest
 
 
 def _resolve(ckpt_dir: Path, tag: str | None) -> tuple[str, dict]:

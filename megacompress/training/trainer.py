@@ -37,7 +37,8 @@ from megacompress.models.flops import count_parameters, flops_per_token
 from megacompress.models.gpt import GPT
 from megacompress.parallel import state
 from megacompress.parallel.grads import grad_norm
-from megacompress.training.checkpoint import CheckpointManager, TrainState, read_latest, write_text_atomic
+from megacompress.atomic import write_text_atomic
+from megacompress.training.checkpoint import CheckpointManager, TrainState, read_latest
 from megacompress.training.config import TrainConfig, TrainConfigError
 from megacompress.training.ds_config import build_ds_config
 from megacompress.training.metrics import MetricsLogger, memory_stats, peak_flops
@@ -149,8 +150,8 @@ class Trainer:
         """(dir, tag, universal) to load: own ``latest`` first (a requeued run continues its own
         progress), else ``checkpoint.load_dir``; None to start from scratch."""
         ck = self.config.checkpoint
-        if ck.resume and read_latest(self.checkpoints.root):
-            return self.checkpoints.root, read_latest(self.checkpoints.root), False
+        if ck.resume and (own := read_latest(self.checkpoints.root)):
+            return self.checkpoints.root, own, False
         if ck.load_dir:
             load_dir = Path(ck.load_dir)
             pointer = "latest_universal" if ck.load_universal else "latest"
