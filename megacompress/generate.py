@@ -1,6 +1,7 @@
 """Generate text from a saved model: ``python -m megacompress.generate --model DIR --prompt "..."``.
 
-``DIR`` is a `GPT.save_pretrained` directory (``model.safetensors`` + ``config.json``).
+``DIR`` is a ``save_pretrained`` directory (``model.safetensors`` + ``config.json``) of any
+registered architecture (``config.json`` names it).
 Several ``--prompt`` flags are generated as one left-padded batch. With tensor
 parallelism run it under ``torchrun --nproc-per-node TP -m megacompress.generate
 --tensor-parallel-size TP ...``: every rank samples the same tokens, rank 0 prints.
@@ -16,7 +17,7 @@ import torch
 from megacompress.data.tokenizers import build_tokenizer
 from megacompress.generation.generate import generate
 from megacompress.generation.sampling import SamplingConfig
-from megacompress.models.gpt import GPT
+from megacompress.models.registry import load_pretrained
 from megacompress.parallel import state
 
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     state.initialize(tensor_parallel_size=args.tensor_parallel_size)
     tokenizer = build_tokenizer(args.tokenizer, args.tokenizer_model)
-    model = GPT.from_pretrained(args.model).eval()
+    model = load_pretrained(args.model).eval()
     if tokenizer.vocab_size > model.config.vocab_size:
         sys.exit(f"error: tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens but the model in "
                  f"{args.model} only {model.config.vocab_size}")

@@ -122,6 +122,39 @@ def test_decode_rows_equal_full_sequence(kind, backend):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+def test_per_row_offsets_equal_full_sequence(kind, backend):
+    """Rows of a KV cache with different lengths: row b's queries at q_offset[b] .. q_offset[b]+Q-1."""
+    B, S, Q = 2, 64, 3
+    offsets = torch.tensor([50, 41])
+    meta = random_metadata(B, S, seed=5)
+    q, k, v = qkv(B, S, seed=5)
+    full = attend(q, k, v, prepare(build(kind, meta), "sdpa"))
+    kv_len = int(offsets.max()) + Q
+    rows_q = torch.stack([q[b, :, int(o):int(o) + Q] for b, o in enumerate(offsets)])
+    step_mask = build(kind, meta, q_offset=offsets, q_len=Q, kv_len=kv_len)
+    with torch.no_grad():
+        step = attend(rows_q, k[:, :, :kv_len], v[:, :, :kv_len], prepare(step_mask, backend))
+    for b, o in enumerate(offsets.tolist()):
+        torch.testing.assert_close(step[b], full[b, :, o:o + Q], atol=1e-5, rtol=1e-5)
+
+
+def test_decode_steps_use_dense_sdpa_on_cuda():
+    """Part of issue 9: a growing key length must not reach Flex compiled with static shapes."""
+    meta = random_metadata(2, 64, 0)
+    cuda = torch.device("cuda")
+    for kind in KINDS:
+        for q_len in (1, dispatch.DECODE_SDPA_MAX_Q):
+            assert dispatch.choose_backend(build(kind, meta, q_offset=40, q_len=q_len), cuda) == "sdpa", kind
+        per_row = build(kind, meta, q_offset=torch.tensor([40, 33]), q_len=1, kv_len=41)
+        assert dispatch.choose_backend(per_row, cuda) == "sdpa", kind
+        long_block = build(kind, meta, q_offset=40, q_len=dispatch.DECODE_SDPA_MAX_Q + 1)
+        assert dispatch.choose_backend(long_block, cuda) == "flex", kind
+    with pytest.raises(ValueError, match="per-row q_offset needs q_len"):
+        build("document_causal", meta, q_offset=torch.tensor([1, 2]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_sdpa_backward_is_finite_with_padding(kind):
     meta = random_metadata(2, 64, seed=4)
     assert (meta["document_ids"] < 0).any()

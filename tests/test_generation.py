@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from megacompress.generation.generate import generate, left_pad
-from megacompress.generation.kv_cache import KVCache, KVCacheOverflow
+from megacompress.models.kv_cache import KVCache, KVCacheOverflow
 from megacompress.generation.sampling import SamplingConfig, filter_logits, sample_next
 from megacompress.models.config import ModelConfig
 from megacompress.models.gpt import GPT

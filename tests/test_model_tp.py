@@ -8,7 +8,8 @@ from workers.model_common import make_batch, small_config
 
 from megacompress.generation.generate import generate
 from megacompress.generation.sampling import SamplingConfig
-from megacompress.models.gpt import GPT, gather_logits
+from megacompress.models.gpt import GPT
+from megacompress.models.outputs import gather_logits
 
 WORKER = REPO_ROOT / "tests" / "workers" / "model_tp.py"
 

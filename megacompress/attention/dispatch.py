@@ -13,6 +13,9 @@ Automatic choice (``backend="auto"``):
 * CPU -> ``sdpa`` with the dense boolean mask (the only CPU path with a backward);
 * CUDA, block-diagonal kind (``document_causal``, ``gpthf_encoder``), full sequence,
   flash-attn importable and ``dtype`` not float32 -> ``flash`` (varlen);
+* CUDA decode step (queries after cached keys, ``q_len <= DECODE_SDPA_MAX_Q``) -> ``sdpa``
+  with the dense mask: its ``[B, 1, Q, KV]`` mask is small, and Flex compiled with static
+  shapes would recompile for every new key length (torch gives up after 8 and runs eager);
 * otherwise CUDA -> ``flex``.
 
 An explicit backend that cannot express the mask raises ``ValueError``; there is
@@ -35,6 +38,8 @@ from megacompress.attention.masks import MaskFn
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "sdpa", "flex", "flash")
+# Longest query block that ``auto`` sends to dense SDPA on CUDA when it follows cached keys.
+DECODE_SDPA_MAX_Q = 16
 _LOGGED: set[tuple[str, str]] = set()
 
 
@@ -44,6 +49,8 @@ class AttentionMask:
 
     ``mask_fn`` answers for absolute query positions; the ``q_len`` queries of this
     call sit at ``q_offset .. q_offset + q_len - 1`` and see keys ``0 .. kv_len - 1``.
+    ``q_offset`` is an int, or an int64 ``[B]`` tensor when rows of a KV cache have
+    different lengths (row b's queries at ``q_offset[b] ..``).
     ``document_ids`` / ``eos_mask`` (``[B, S]``) are kept for flash-attn's
     ``cu_seqlens`` (block-diagonal kinds only).
     """
@@ -52,7 +59,7 @@ class AttentionMask:
     batch: int
     q_len: int
     kv_len: int
-    q_offset: int = 0
+    q_offset: int | Tensor = 0
     kind: str = "document_causal"
     document_ids: Tensor | None = None
     eos_mask: Tensor | None = None
@@ -60,17 +67,20 @@ class AttentionMask:
     def __post_init__(self) -> None:
         if self.kind not in masks.FACTORIES:
             raise ValueError(f"AttentionMask: unknown kind {self.kind!r}; expected one of {sorted(masks.FACTORIES)}")
-        if min(self.batch, self.q_len, self.kv_len) < 1 or self.q_offset < 0:
+        if isinstance(self.q_offset, Tensor) and self.q_offset.shape != (self.batch,):
+            raise ValueError(f"AttentionMask: a per-row q_offset must have shape [{self.batch}], "
+                             f"got {tuple(self.q_offset.shape)}")
+        if min(self.batch, self.q_len, self.kv_len) < 1 or self.min_q_offset < 0:
             raise ValueError(
                 f"AttentionMask: need batch, q_len, kv_len >= 1 and q_offset >= 0, got "
                 f"batch={self.batch} q_len={self.q_len} kv_len={self.kv_len} q_offset={self.q_offset}"
             )
         if self.document_ids is not None:
             B, S = self.document_ids.shape
-            if B != self.batch or max(self.kv_len, self.q_offset + self.q_len) > S:
+            if B != self.batch or max(self.kv_len, self.max_q_offset + self.q_len) > S:
                 raise ValueError(
                     f"AttentionMask({self.kind}): metadata [{B}, {S}] does not cover batch={self.batch}, "
-                    f"queries up to {self.q_offset + self.q_len}, keys up to {self.kv_len}"
+                    f"queries up to {self.max_q_offset + self.q_len}, keys up to {self.kv_len}"
                 )
 
     @classmethod
@@ -85,11 +95,12 @@ class AttentionMask:
         batch: int | None = None,
         q_len: int | None = None,
         kv_len: int | None = None,
-        q_offset: int = 0,
+        q_offset: int | Tensor = 0,
     ) -> "AttentionMask":
         """Build the mask of ``kind`` from batch metadata (see :mod:`megacompress.attention.masks`).
 
-        Defaults: ``kv_len = S`` (the metadata length) and ``q_len = kv_len - q_offset``.
+        Defaults: ``kv_len = S`` (the metadata length) and ``q_len = kv_len - q_offset``
+        (an int ``q_offset``; a per-row one needs ``q_len``).
         ``causal`` needs no metadata but then needs ``batch`` and ``kv_len``.
         """
         if kind not in masks.FACTORIES:
@@ -113,18 +124,34 @@ class AttentionMask:
             kv_len = document_ids.shape[1] if kv_len is None else kv_len
         if batch is None or kv_len is None:
             raise ValueError(f"AttentionMask.build({kind!r}): give batch and kv_len (or document_ids)")
-        q_len = kv_len - q_offset if q_len is None else q_len
+        if q_len is None:
+            if isinstance(q_offset, Tensor):
+                raise ValueError(f"AttentionMask.build({kind!r}): a per-row q_offset needs q_len")
+            q_len = kv_len - q_offset
         return cls(fn, batch, q_len, kv_len, q_offset, kind, document_ids, eos_mask)
+
+    @property
+    def min_q_offset(self) -> int:
+        return int(self.q_offset.min()) if isinstance(self.q_offset, Tensor) else self.q_offset
+
+    @property
+    def max_q_offset(self) -> int:
+        return int(self.q_offset.max()) if isinstance(self.q_offset, Tensor) else self.q_offset
 
     @property
     def is_plain_causal(self) -> bool:
         """True when SDPA's ``is_causal=True`` computes exactly this mask (no mask tensor needed)."""
-        return self.kind == "causal" and self.q_offset == 0 and self.q_len == self.kv_len
+        return self.kind == "causal" and self.is_full_sequence
 
     @property
     def is_full_sequence(self) -> bool:
         """True for a training/prefill call (queries are all positions), False for a decode step."""
-        return self.q_offset == 0 and self.q_len == self.kv_len
+        return not isinstance(self.q_offset, Tensor) and self.q_offset == 0 and self.q_len == self.kv_len
+
+    @property
+    def is_decode_step(self) -> bool:
+        """A short block of queries after cached keys (see ``DECODE_SDPA_MAX_Q``)."""
+        return not self.is_full_sequence and self.q_len <= DECODE_SDPA_MAX_Q
 
 
 class PreparedMask(Protocol):
@@ -143,7 +170,7 @@ def flash_available() -> bool:
 
 def choose_backend(mask: AttentionMask, device: torch.device, dtype: torch.dtype | None = None) -> str:
     """The ``backend="auto"`` rule (module docstring)."""
-    if mask.is_plain_causal or device.type != "cuda":
+    if mask.is_plain_causal or device.type != "cuda" or mask.is_decode_step:
         return "sdpa"
     if (
         mask.kind in masks.BLOCK_DIAGONAL_KINDS

@@ -166,8 +166,18 @@ def gist_neg_control(document_ids: Tensor, gist_start: Tensor, gist_end: Tensor)
     return _after_gists_see_from(document_ids, gist_start, gist_end, gist_end)
 
 
-def with_q_offset(mask_fn: MaskFn, q_offset: int) -> MaskFn:
-    """The mask for ``Q`` new queries at absolute positions ``q_offset..q_offset+Q-1`` (KV-cache decode)."""
+def with_q_offset(mask_fn: MaskFn, q_offset: int | Tensor) -> MaskFn:
+    """The mask for ``Q`` new queries at absolute positions ``q_offset..q_offset+Q-1`` (KV-cache decode).
+
+    ``q_offset`` is one int for the whole batch or an int64 ``[B]`` tensor (a KV cache whose
+    rows have different lengths): row b's queries then sit at ``q_offset[b] + i``.
+    """
+    if isinstance(q_offset, Tensor):
+
+        def row_offset_mask(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            return mask_fn(b, h, q_idx + q_offset[b], kv_idx)
+
+        return row_offset_mask
     if q_offset == 0:
         return mask_fn
 
@@ -178,12 +188,12 @@ def with_q_offset(mask_fn: MaskFn, q_offset: int) -> MaskFn:
 
 
 def dense(
-    mask_fn: MaskFn, B: int, Q: int, KV: int, q_offset: int = 0, device: torch.device | str | None = None
+    mask_fn: MaskFn, B: int, Q: int, KV: int, q_offset: int | Tensor = 0, device: torch.device | str | None = None
 ) -> Tensor:
     """Materialise ``mask_fn`` as a bool tensor ``[B, 1, Q, KV]`` (row i = absolute query ``q_offset + i``).
 
     The metadata the function closes over must cover positions ``< max(q_offset + Q, KV)``
-    and live on ``device`` (default: CPU).
+    and live on ``device`` (default: CPU); a per-row ``q_offset`` tensor too.
     """
     b = torch.arange(B, device=device).view(B, 1, 1, 1)
     h = torch.zeros(1, 1, 1, 1, dtype=torch.int64, device=device)

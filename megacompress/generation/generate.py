@@ -5,7 +5,11 @@ row i with prompt length L_i has padding in slots 0 .. P-L_i-1 (``document_ids``
 invisible to every real query) and its tokens at slots P-L_i .. P-1 with
 ``position_ids`` 0 .. L_i-1; generated token t (t = 0, 1, ...) of every row sits in slot
 P+t with position L_i+t. So each row computes exactly what it would compute alone,
-and one cache length serves the whole batch (see `kv_cache.KVCache`).
+and every row of the cache has the same length (see `megacompress.models.kv_cache.KVCache`).
+
+Any registered model works that has ``config`` (``vocab_size``, ``max_seq_len``),
+``output_weight``, ``new_kv_cache(batch, max_len)`` and
+``forward(input_ids, position_ids, document_ids, kv_cache=...)`` returning `ModelOutput`.
 
 A row stops after producing ``eod_id``; it keeps being fed ``eod_id`` (its outputs are
 ignored) until every row has stopped or ``max_new_tokens`` is reached.
@@ -20,10 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from megacompress.generation.sampling import SamplingConfig, sample_next
-from megacompress.models.gpt import GPT, gather_logits
+from megacompress.models.outputs import gather_logits
 
 
 @dataclass
@@ -49,7 +54,7 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
 
 
 @torch.no_grad()
-def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, *,
+def generate(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, *,
              sampling: SamplingConfig | None = None, eod_id: int | None = None,
              return_logits: bool = False, progress: bool = False) -> GenerationOutput:
     """Continue each prompt by up to ``max_new_tokens`` tokens (greedy by default)."""

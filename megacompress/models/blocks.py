@@ -32,7 +32,7 @@ from megacompress.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megacompress.parallel.sharding import divide
 
 if TYPE_CHECKING:
-    from megacompress.generation.kv_cache import KVCache, LayerKVCache
+    from megacompress.models.kv_cache import KVCache, LayerKVCache
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each [B, 1, S, D]
 
@@ -128,7 +128,7 @@ class TransformerBlock(nn.Module):
 class TransformerStack(nn.Module):
     """A list of blocks run with one prepared mask and one set of RoPE tables.
 
-    ``kv_cache`` (a `megacompress.generation.kv_cache.KVCache` with one entry per block
+    ``kv_cache`` (a `megacompress.models.kv_cache.KVCache` with one entry per block
     of this stack, ``begin_step`` already called) is threaded through layer by layer.
     """
 

@@ -45,6 +45,9 @@ class ModelConfig:
     init_std: float = 0.02
     tie_embeddings: bool = True
     attention_backend: str = "auto"  # passed to megacompress.attention.dispatch.prepare
+    # megacompress.models.registry name: which model class this config builds. Fields only
+    # one architecture uses are checked by that class's `validate_config`.
+    architecture: str = "gpt"
 
     def __post_init__(self) -> None:
         if self.num_kv_heads is None:
@@ -85,8 +88,17 @@ class ModelConfig:
                                     f"tensor-parallel size {tp_size}")
         if self.rope_theta <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
             problems.append("rope_theta, norm_eps and init_std must be > 0")
+        problems += self._architecture_problems()
         if problems:
             raise ConfigError("invalid ModelConfig: " + "; ".join(problems))
+
+    def _architecture_problems(self) -> list[str]:
+        from megacompress.models import registry  # the registry imports this module
+
+        if self.architecture not in registry.architecture_names():
+            return [f"architecture {self.architecture!r} is not registered "
+                    f"(known: {', '.join(registry.architecture_names())})"]
+        return registry.get_architecture(self.architecture).validate_config(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -3,50 +3,33 @@
 Shapes: ``input_ids``, ``position_ids``, ``document_ids``, ``labels`` are [B, S] int64
 (docs/architecture.md, "Samples and batches"). Logits come back *vocab-sharded*:
 [B, S, Vp/tp], this TP rank's block of the padded vocabulary (Vp = `padded_vocab_size`);
-`gather_logits` returns the full, unpadded [B, S, V]. The loss is the mean per-token
-cross-entropy over ``labels != -100``, computed without gathering logits; padding
-columns (ids >= vocab_size) are excluded from the softmax, so logits/loss/gradients
-are the same for every TP size.
+`gather_logits` returns the full, unpadded [B, S, V]. The loss comes back as the sum of
+per-token cross-entropies over ``labels != -100`` and their count (`ModelOutput`),
+computed without gathering logits; padding columns (ids >= vocab_size) are excluded
+from the softmax, so logits/loss/gradients are the same for every TP size.
 
 Attention mask: document-causal when ``document_ids`` is given (packed documents,
 -1 = padding), plain causal otherwise; with a ``kv_cache`` the new tokens attend to
-the cached slots through the same mask at ``q_offset = kv_cache.length``.
+their row's cached slots through the same mask, at each row's own offset.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from megacompress.attention import dispatch
-from megacompress.generation.kv_cache import KVCache
 from megacompress.models import pretrained
 from megacompress.models.blocks import RMSNorm, TransformerStack
 from megacompress.models.config import VOCAB_MULTIPLE, ModelConfig
+from megacompress.models.kv_cache import KVCache
+from megacompress.models.outputs import ModelOutput, language_model_loss
+from megacompress.models.registry import load_pretrained, register_architecture
 from megacompress.models.rotary import RotaryEmbedding
-from megacompress.parallel import mappings, state
-from megacompress.parallel.cross_entropy import vocab_parallel_cross_entropy
+from megacompress.parallel import state
 from megacompress.parallel.layers import VocabParallelEmbedding, parallel_lm_logits
-
-
-@dataclass
-class ModelOutput:
-    logits: torch.Tensor               # [B, S, Vp/tp] this rank's vocabulary block
-    loss: torch.Tensor | None = None   # scalar fp32, when labels were given
-
-
-def language_model_loss(logits_parallel: torch.Tensor, labels: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Mean cross-entropy over ``labels != -100`` (0 when a batch has no label at all)."""
-    per_token = vocab_parallel_cross_entropy(logits_parallel, labels, vocab_size=vocab_size)
-    return per_token.sum() / (labels != -100).sum().clamp(min=1)
-
-
-def gather_logits(logits_parallel: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """[..., Vp/tp] shards -> full [..., vocab_size] on every TP rank (padding columns dropped)."""
-    return mappings.gather_from_tp_region(logits_parallel)[..., :vocab_size]
 
 
 def _ensure_parallel_state() -> None:
@@ -55,6 +38,8 @@ def _ensure_parallel_state() -> None:
         state.initialize()
 
 
+@register_architecture("gpt", inputs=("input_ids", "position_ids", "document_ids", "labels"),
+                       mask_kinds=("causal", "document_causal"))
 class GPT(nn.Module):
     """Decoder-only LM. Initialisation depends only on (config, seed), not on the TP size."""
 
@@ -81,15 +66,15 @@ class GPT(nn.Module):
 
     def prepare_mask(self, batch: int, seq_len: int, device: torch.device, dtype: torch.dtype,
                      document_ids: torch.Tensor | None = None,
-                     kv_cache: KVCache | None = None) -> dispatch.PreparedMask:
+                     q_offset: int | torch.Tensor | None = None) -> dispatch.PreparedMask:
         """The (document-)causal mask of one forward call, prepared once for all layers.
 
-        With ``kv_cache``, ``document_ids`` are those of all slots 0..length+S-1 (as
-        returned by `KVCache.begin_step`) and queries sit at ``q_offset = kv_cache.length``.
+        With a KV cache, ``document_ids`` are those of its slots and ``q_offset`` where each
+        row's queries sit, both as returned by `KVCache.begin_step`.
         """
-        if kv_cache is not None:
+        if q_offset is not None:
             mask = dispatch.AttentionMask.build("document_causal", document_ids=document_ids,
-                                                q_len=seq_len, q_offset=kv_cache.length)
+                                                q_len=seq_len, q_offset=q_offset)
         elif document_ids is not None:
             mask = dispatch.AttentionMask.build("document_causal", document_ids=document_ids)
         else:
@@ -98,25 +83,30 @@ class GPT(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 document_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None) -> ModelOutput:
+                kv_cache: KVCache | None = None, kv_commit: torch.Tensor | list[int] | None = None) -> ModelOutput:
+        """With ``kv_cache``: the new tokens attend to their row's cached entries and are
+        appended to the rows in ``kv_commit`` (default all; see `KVCache.begin_step`);
+        ``position_ids`` default to each row's cache length onward."""
         b, s = input_ids.shape
         if s > self.config.max_seq_len:
             raise ValueError(f"sequence of {s} tokens exceeds max_seq_len {self.config.max_seq_len}")
-        offset = 0 if kv_cache is None else kv_cache.length
         if position_ids is None:
-            position_ids = torch.arange(offset, offset + s, device=input_ids.device).expand(b, s)
+            offset = 0 if kv_cache is None else kv_cache.lengths[:, None]
+            position_ids = (offset + torch.arange(s)).expand(b, s).to(input_ids.device)
         x = self.embed(input_ids)
+        q_offset = None
         if kv_cache is not None:
             if document_ids is None:
                 document_ids = torch.zeros_like(input_ids)
-            document_ids = kv_cache.begin_step(document_ids)
-        mask = self.prepare_mask(b, s, input_ids.device, x.dtype, document_ids, kv_cache)
+            document_ids, q_offset = kv_cache.begin_step(document_ids, commit=kv_commit)
+        mask = self.prepare_mask(b, s, input_ids.device, x.dtype, document_ids, q_offset)
         x = self.stack(x, self.rotary(position_ids, x.dtype), mask, kv_cache)
         if kv_cache is not None:
             kv_cache.end_step()
         logits = parallel_lm_logits(self.norm(x), self.output_weight)
-        loss = None if labels is None else language_model_loss(logits, labels, self.config.vocab_size)
-        return ModelOutput(logits, loss)
+        if labels is None:
+            return ModelOutput(logits)
+        return ModelOutput(logits, *language_model_loss(logits, labels, self.config.vocab_size))
 
     def new_kv_cache(self, batch_size: int, max_len: int) -> KVCache:
         """An empty cache for this model on this TP rank (dtype/device of the weights)."""
@@ -136,8 +126,4 @@ class GPT(nn.Module):
         ``config``: if given, it must equal the saved config.json (else an error lists
         the differing keys).
         """
-        _ensure_parallel_state()
-        saved = pretrained.load_config(directory, expected=config)
-        model = cls(saved)
-        pretrained.load_weights(model, directory)
-        return model
+        return load_pretrained(directory, config=config, expected=cls)

@@ -16,7 +16,8 @@ from model_common import make_batch, small_config  # noqa: E402
 
 from megacompress.generation.generate import generate  # noqa: E402
 from megacompress.generation.sampling import SamplingConfig  # noqa: E402
-from megacompress.models.gpt import GPT, gather_logits  # noqa: E402
+from megacompress.models.gpt import GPT  # noqa: E402
+from megacompress.models.outputs import gather_logits
 from megacompress.models.pretrained import full_state_dict  # noqa: E402
 from megacompress.parallel import sharding, state  # noqa: E402
 
