@@ -28,11 +28,11 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from megacompress.atomic import atomic_write
 from megacompress.attention import dispatch, masks
 from megacompress.attention.dispatch import AttentionMask, attend, prepare
+from megacompress.progress import progress
 
 
 def metadata(B: int, S: int, device: torch.device) -> dict:
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> dict:
     dtype = getattr(torch, args.dtype)
     results = []
     cases = [(S, kind) for S in args.seq_lens for kind in masks.FACTORIES if kind != "causal"]
-    for S, kind in tqdm(cases, desc="attention benchmark", unit="case"):
+    for S, kind in progress(cases, desc="attention benchmark", unit="case"):
         g = torch.Generator(device="cpu").manual_seed(S)
         q, k, v = (
             torch.randn(args.batch, h, S, args.head_dim, generator=g).to(device, dtype).requires_grad_()

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [tokenizer.encode(p) for p in args.prompt]
     with torch.inference_mode():
         out = generate(model, prompts, args.max_new_tokens, sampling=sampling,
-                       eod_id=None if args.no_stop_at_eod else tokenizer.eod, progress=state.get_rank() == 0)
+                       eod_id=None if args.no_stop_at_eod else tokenizer.eod, show_progress=state.get_rank() == 0)
     if state.get_rank() == 0:
         for text, tokens in zip(args.prompt, out.tokens):
             print(f"=== prompt: {text!r}\n{text}{tokenizer.decode(tokens)}")

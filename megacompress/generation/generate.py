@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from megacompress.generation.sampling import SamplingConfig, sample_next
 from megacompress.models.outputs import gather_logits
+from megacompress.progress import progress
 
 
 @dataclass
@@ -56,7 +56,7 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
 @torch.no_grad()
 def generate(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, *,
              sampling: SamplingConfig | None = None, eod_id: int | None = None,
-             return_logits: bool = False, progress: bool = False) -> GenerationOutput:
+             return_logits: bool = False, show_progress: bool = False) -> GenerationOutput:
     """Continue each prompt by up to ``max_new_tokens`` tokens (greedy by default)."""
     sampling = sampling or SamplingConfig()
     config = model.config
@@ -77,7 +77,7 @@ def generate(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, *,
     logits = model(input_ids.to(device), position_ids.to(device), document_ids.to(device), kv_cache=cache).logits
     out = GenerationOutput(tokens=[[] for _ in range(batch)])
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    for step in tqdm(range(max_new_tokens), desc="generate", disable=not progress):
+    for step in progress(range(max_new_tokens), desc="generate", unit="token", enabled=show_progress):
         last = gather_logits(logits[:, -1], config.vocab_size).float()  # [B, V]
         if return_logits:
             out.step_logits.append(last.cpu())

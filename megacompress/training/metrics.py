@@ -1,12 +1,16 @@
 """Metrics: one JSON object per line in ``RUN_DIR/metrics.jsonl`` (rank 0), optional TensorBoard.
 
-Training lines (``"split": "train"``) have: ``step`` (optimizer steps done), ``loss`` (mean
-over the step's micro batches and DP ranks), ``lr``, ``grad_norm`` (before clipping),
-``global_batch_size``, ``samples_seen``, ``tokens_seen``, ``tokens_per_s`` (all ranks,
-since the previous line), ``step_time_s``, ``memory_rss_gb`` (this process), and on GPU
-``memory_cuda_max_gb`` and ``mfu`` (model FLOPs utilisation, from
+Training lines (``"split": "train"``) have: ``step`` (optimizer steps done), ``loss`` (sum
+of the global batch's token losses / its labelled tokens, over all micro batches and DP
+ranks), ``lr``, ``grad_norm`` (before clipping), ``global_batch_size`` (sequences),
+``labelled_tokens`` (labels != -100 in the global batch), ``padding_fraction`` (share of
+the batch's positions that are padding, ``document_ids == -1``), ``samples_seen``,
+``tokens_seen`` (labelled tokens so far), ``tokens_per_s`` (positions processed by all
+ranks, since the previous line), ``step_time_s``, ``memory_rss_gb`` (this process), and on
+GPU ``memory_cuda_max_gb`` and ``mfu`` (model FLOPs utilisation, from
 ``megacompress.models.flops.flops_per_token`` and the GPU's peak bf16 FLOP/s).
-Validation lines (``"split": "valid"``) have ``step``, ``loss`` and ``ppl``.
+Validation lines (``"split": "valid"``) have ``step``, ``loss`` (per labelled token over
+all evaluation batches and DP ranks) and ``ppl``.
 """
 
 from __future__ import annotations
