@@ -72,6 +72,21 @@ def test_slices_and_get(tmp_path):
         ds[2]
 
 
+def test_zero_length_documents_and_whole_shard_views(tmp_path):
+    docs = [([], None), ([1, 2], None), ([], None), ([3, 4, 5], [1, 2]), ([], None)]
+    prefix = _write(tmp_path / "s", np.uint16, docs)
+    ds = IndexedDataset(prefix)
+    assert ds.sequence_lengths.tolist() == [0, 2, 0, 1, 2, 0] and ds.num_documents == 5
+    assert ds[0].tolist() == [] and ds[5].tolist() == [] and ds.document(3)[1].tolist() == [4, 5]
+    assert ds.tokens().tolist() == [1, 2, 3, 4, 5] and ds.tokens(2, 4).tolist() == [3]
+    assert ds.tokens(5, 6).tolist() == [] and ds.tokens(6, 6).tolist() == []
+    assert ds.document_last_tokens().tolist() == [2, 5]  # empty documents left out
+    assert ds.token_bounds() == (1, 5) and ds.token_bounds(block_tokens=2) == (1, 5)
+    empty = IndexedDataset(_write(tmp_path / "e", np.uint16, [([], None)] * 3))
+    assert len(empty) == 3 and empty[2].tolist() == [] and empty.token_bounds() is None
+    assert empty.document_last_tokens().tolist() == []
+
+
 def test_merge(tmp_path):
     a = _write(tmp_path / "a", np.uint16, [([1, 2], None), ([3], None)])
     b = _write(tmp_path / "b", np.uint16, [([4, 5, 6], [2, 1])])

@@ -1,14 +1,15 @@
-"""Sentence splitting: lossless on all bundled text and on random text; sensible boundaries."""
+"""Sentence splitting: lossless on all bundled text and on random text; sensible boundaries; saved models."""
 
 import json
 import pickle
+import re
 
 import pytest
 from distributed_helpers import REPO_ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from megacompress.data.sentences import SentenceSplitter, split_sentences
+from megacompress.data.sentences import SentenceModelError, SentenceSplitter, sentence_model_digest, split_sentences
 
 
 def _sample_texts():
@@ -74,3 +75,33 @@ def test_trained_params_pickle_and_are_deterministic(trained):
     shipped = SentenceSplitter(pickle.loads(pickle.dumps(trained.params)))
     sample = texts[-1]
     assert again.split(sample) == trained.split(sample) == shipped.split(sample)
+
+
+def test_saved_model_round_trips_through_json(trained, tmp_path):
+    path = tmp_path / "m.sentences.json"
+    path.write_text(trained.to_json())
+    loaded = SentenceSplitter.load(str(path))
+    assert loaded.to_json() == trained.to_json()  # canonical: the same digest after a reload
+    assert sentence_model_digest(loaded.to_json()) == sentence_model_digest(path.read_text())
+    for text in _training_texts()[:5]:
+        assert loaded.split(text) == trained.split(text)
+    json.loads(path.read_text())  # plain JSON, no pickle
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"[1, 2", "invalid sentence model JSON"),
+    (b"\xff\xfe", "invalid sentence model JSON"),
+    (b'{"format": "other"}', "not a sentence model"),
+    (b'{"format": "megacompress-punkt", "version": 9}', "unsupported sentence model version 9"),
+    (b'{"format": "megacompress-punkt", "version": 1, "abbrev_types": [], "sent_starters": [], '
+     b'"collocations": [["a"]], "ortho_context": {}}', '"collocations" must be a list of [str, str] pairs'),
+    (b'{"format": "megacompress-punkt", "version": 1, "abbrev_types": [], "sent_starters": [], '
+     b'"collocations": [], "ortho_context": {"a": -1}}', '"ortho_context" must be an object'),
+])
+def test_invalid_saved_model_names_the_file(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_bytes(content)
+    with pytest.raises(SentenceModelError, match=re.escape(f"{path}: {message}")):
+        SentenceSplitter.load(str(path))
+    with pytest.raises(SentenceModelError, match="does not exist"):
+        SentenceSplitter.load(str(tmp_path / "missing.json"))

@@ -13,7 +13,13 @@ Cached indices (see ``index_cache``):
 
 The assignment does not depend on the datasets themselves, only on the
 normalised weights and ``size``; ``blend_counts`` tells a builder how many
-samples each dataset must provide (see ``builder.build_dataset``).
+samples each dataset must provide (see ``builder.build_datasets``). It is
+sequential, so the first n entries are the same for any ``size >= n``: with
+prefix-stable components (GPT and document datasets are), growing ``size``
+keeps every item seen so far.
+
+``batch_keys`` is the key set of the datasets the blend samples from; they must
+all yield the same keys (collate stacks them into one batch).
 """
 
 from __future__ import annotations
@@ -71,11 +77,24 @@ def blend_counts(weights: Sequence[float], size: int, cache_dir: str | os.PathLi
     return np.bincount(index, minlength=len(weights)).astype(np.int64)
 
 
+def _common_batch_keys(datasets: Sequence) -> frozenset[str]:
+    """The ``batch_keys`` all ``datasets`` share; ValueError naming the first that differs."""
+    keys = frozenset(datasets[0].batch_keys) if datasets else frozenset()
+    for d, dataset in enumerate(datasets):
+        if frozenset(dataset.batch_keys) != keys:
+            name = getattr(dataset, "prefix", f"dataset {d}")
+            raise ValueError(f"{name}: yields batch keys {sorted(dataset.batch_keys)} but the other blended "
+                             f"datasets yield {sorted(keys)}; blend datasets of one kind (and all with or all "
+                             "without the sentence sidecar)")
+    return keys
+
+
 class BlendedDataset:
     """``size`` samples drawn from ``datasets`` in proportion to ``weights``.
 
     Each dataset must hold at least as many samples as the blend takes from it
-    (``blend_counts``); otherwise construction fails naming the dataset.
+    (``blend_counts``) and the datasets it samples from must have the same
+    ``batch_keys``; otherwise construction fails naming the dataset.
     """
 
     def __init__(self, datasets: Sequence, weights: Sequence[float], size: int,
@@ -95,6 +114,7 @@ class BlendedDataset:
                 name = getattr(dataset, "prefix", f"dataset {d}")
                 raise ValueError(f"{name}: blend needs {need} samples from it but it has {len(dataset)}; "
                                  "build it with num_samples >= blend_counts(...)")
+        self.batch_keys = _common_batch_keys([d for d, need in zip(self.datasets, counts) if need])
 
     def __len__(self) -> int:
         return len(self.dataset_index)

@@ -4,8 +4,14 @@
 alternating ``weight, prefix`` entries for a blend. Each shard's
 ``PREFIX.meta.json`` (written by ``megacompress.data.preprocess``) is checked
 against the training tokenizer (fingerprint and vocab size) and tells whether
-documents already end with EOD. ``split`` (e.g. ``"969,30,1"``) cuts every
-shard's documents into contiguous train / valid / test ranges, as Megatron does.
+documents already end with EOD. A shard without one (packed by Megatron's
+``tools/preprocess_data.py``) is accepted with a warning that no fingerprint can
+be compared: its token ids must be below the tokenizer's vocab size, and it counts
+as packed with ``--append-eod`` exactly when every non-empty document ends with
+the EOD id (both read once from the data and cached, see ``megatron_shard_meta``).
+``split`` (e.g. ``"969,30,1"``) cuts every shard's documents into contiguous
+train / valid / test ranges, as Megatron does. ``DataConfig.kind`` names a
+registered dataset kind (``registry``).
 
 For each split with ``n > 0`` requested samples: one shard gives one dataset of
 ``n`` samples; several give a ``BlendedDataset`` of ``n`` samples whose
@@ -17,16 +23,18 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from megacompress.data.blended import BlendedDataset, blend_counts
-from megacompress.data.document_dataset import DocumentDataset, DocumentDatasetConfig
-from megacompress.data.gpt_dataset import GPTDataset, GPTDatasetConfig
-from megacompress.data.indexed import IndexedDataset
+from megacompress.data.index_cache import load_or_build, shard_digest
+from megacompress.data.indexed import IndexedDataset, bin_path
+from megacompress.data.registry import DATASET_KINDS, DataConfigError, dataset_kind  # noqa: F401 (re-exported)
 from megacompress.data.tokenizers import Tokenizer
 
-DATASET_KINDS = ("gpt", "document")
 SPLIT_NAMES = ("train", "valid", "test")
 
 
@@ -34,6 +42,7 @@ SPLIT_NAMES = ("train", "valid", "test")
 class DataConfig:
     """The ``data:`` section of a training config.
 
+    ``kind`` is a registered dataset kind (``registry.DATASET_KINDS``).
     ``cache_dir=None`` puts the index cache in ``index-cache/`` next to the first
     shard. ``use_sentences`` (document kind only): None = use the ``.eos``
     sidecar when present, True = require it, False = ignore it.
@@ -46,10 +55,6 @@ class DataConfig:
     cache_dir: str | None = None
     shuffle: bool = True
     use_sentences: bool | None = None
-
-
-class DataConfigError(ValueError):
-    """The data config or a shard's metadata is unusable; the message names the file or key."""
 
 
 def parse_data_path(data_path: Sequence) -> list[tuple[str, float]]:
@@ -87,15 +92,14 @@ def split_ranges(split: str, num_documents: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def read_shard_meta(prefix: str) -> dict:
-    """The parsed ``PREFIX.meta.json``; ``DataConfigError`` naming the file if missing or invalid."""
+def read_shard_meta(prefix: str) -> dict | None:
+    """The parsed ``PREFIX.meta.json`` (None if there is none); ``DataConfigError`` naming the file if invalid."""
     path = f"{prefix}.meta.json"
     try:
         with open(path) as f:
             meta = json.load(f)
     except FileNotFoundError:
-        raise DataConfigError(f"{path}: shard metadata missing; (re)create the shard with "
-                              "python -m megacompress.data.preprocess") from None
+        return None
     except json.JSONDecodeError as exc:
         raise DataConfigError(f"{path}: invalid JSON ({exc})") from None
     required = [("tokenizer", "name"), ("tokenizer", "fingerprint"), ("tokenizer", "vocab_size"),
@@ -117,21 +121,55 @@ def check_tokenizer(prefix: str, meta: dict, tokenizer: Tokenizer) -> None:
         )
 
 
+def _shard_token_stats(prefix: str, eod_id: int, cache_dir: str) -> dict[str, np.ndarray]:
+    """Cached ``token_bounds`` [min, max] (``[0, -1]`` for no tokens) and ``eod_endings``
+    [non-empty documents ending with ``eod_id``, non-empty documents]: one pass over ``.bin``."""
+    def build() -> dict[str, np.ndarray]:
+        shard = IndexedDataset(prefix)
+        last = shard.document_last_tokens()
+        return {"token_bounds": np.array(shard.token_bounds() or (0, -1), dtype=np.int64),
+                "eod_endings": np.array([int((last == eod_id).sum()), len(last)], dtype=np.int64)}
+
+    return load_or_build("ShardStats", {"shard": shard_digest(prefix), "eod_id": int(eod_id)}, build,
+                         cache_dir).arrays
+
+
+def megatron_shard_meta(prefix: str, tokenizer: Tokenizer, cache_dir: str) -> dict:
+    """Metadata for a shard without ``meta.json``: the vocabulary bound checked, ``append_eod`` inferred.
+
+    Megatron's ``preprocess_data.py`` appends EOD only with ``--append-eod``, so the shard
+    counts as packed with it when every non-empty document ends with ``tokenizer.eod``
+    (otherwise the datasets insert EOD after each document).
+    """
+    stats = _shard_token_stats(prefix, tokenizer.eod, cache_dir)
+    low, high = (int(v) for v in stats["token_bounds"])
+    if low < 0 or high >= tokenizer.vocab_size:
+        raise DataConfigError(
+            f"{bin_path(prefix)}: token ids span [{low}, {high}] but tokenizer {tokenizer.name} has vocab_size "
+            f"{tokenizer.vocab_size}; the shard was packed with another tokenizer"
+        )
+    ending, documents = (int(v) for v in stats["eod_endings"])
+    append_eod = documents > 0 and ending == documents
+    warnings.warn(
+        f"{prefix}: no {prefix}.meta.json (not packed by megacompress.data.preprocess), so the tokenizer "
+        f"fingerprint cannot be compared; token ids are < vocab_size {tokenizer.vocab_size} of {tokenizer.name}, "
+        f"{ending} of {documents} documents end with EOD {tokenizer.eod} -> append_eod={append_eod}",
+        stacklevel=3,
+    )
+    return {"flags": {"append_eod": append_eod}}
+
+
+def shard_meta(prefix: str, tokenizer: Tokenizer, cache_dir: str) -> dict:
+    """The checked metadata of one shard: its ``meta.json``, or ``megatron_shard_meta`` without one."""
+    meta = read_shard_meta(prefix)
+    if meta is None:
+        return megatron_shard_meta(prefix, tokenizer, cache_dir)
+    check_tokenizer(prefix, meta, tokenizer)
+    return meta
+
+
 def _default_cache_dir(prefix: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(prefix)), "index-cache")
-
-
-def _build_one(prefix: str, meta: dict, kind: str, config: DataConfig, seq_length: int,
-               num_samples: int, document_range: tuple[int, int], tokenizer: Tokenizer, cache_dir: str):
-    if kind == "gpt":
-        cfg = GPTDatasetConfig(seq_length=seq_length, eod_id=tokenizer.eod, num_samples=num_samples,
-                               seed=config.seed, add_eod=not meta["flags"]["append_eod"], shuffle=config.shuffle,
-                               document_range=document_range)
-        return GPTDataset(prefix, cfg, cache_dir)
-    cfg = DocumentDatasetConfig(seq_length=seq_length, pad_id=tokenizer.special_id("pad"),
-                                num_samples=num_samples, seed=config.seed, shuffle=config.shuffle,
-                                document_range=document_range, use_sentences=config.use_sentences)
-    return DocumentDataset(prefix, cfg, cache_dir)
 
 
 def build_datasets(config: DataConfig, tokenizer: Tokenizer, seq_length: int,
@@ -140,16 +178,12 @@ def build_datasets(config: DataConfig, tokenizer: Tokenizer, seq_length: int,
 
     Collective under ``torch.distributed``: every rank must call it with the same arguments.
     """
-    if config.kind not in DATASET_KINDS:
-        raise DataConfigError(f"data.kind {config.kind!r}: expected one of {DATASET_KINDS}")
+    kind = dataset_kind(config.kind)
     if len(num_samples) != 3:
         raise DataConfigError(f"num_samples must give (train, valid, test) counts, got {list(num_samples)}")
     shards = parse_data_path(config.data_path)
     cache_dir = config.cache_dir or _default_cache_dir(shards[0][0])
-    metas = {}
-    for prefix, _ in shards:
-        metas[prefix] = read_shard_meta(prefix)
-        check_tokenizer(prefix, metas[prefix], tokenizer)
+    metas = {prefix: shard_meta(prefix, tokenizer, cache_dir) for prefix, _ in shards}
     ranges = {prefix: split_ranges(config.split, len(IndexedDataset(prefix))) for prefix, _ in shards}
 
     datasets = []
@@ -168,7 +202,7 @@ def build_datasets(config: DataConfig, tokenizer: Tokenizer, seq_length: int,
                                           f"{SPLIT_NAMES[split_id]} split but {count} samples are needed")
                 parts.append([])  # weight-zero shard in this split: never sampled by the blend
                 continue
-            parts.append(_build_one(prefix, metas[prefix], config.kind, config, seq_length, count,
-                                    document_range, tokenizer, cache_dir))
+            parts.append(kind.build(prefix, metas[prefix], config, seq_length, count, document_range,
+                                    tokenizer, cache_dir))
         datasets.append(parts[0] if len(shards) == 1 else BlendedDataset(parts, weights, n, cache_dir))
     return datasets

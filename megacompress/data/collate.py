@@ -12,6 +12,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+# Keys every token dataset yields (docs/architecture.md, "Samples and batches").
+TOKEN_BATCH_KEYS = frozenset({"input_ids", "labels", "position_ids", "document_ids"})
+
 
 def collate(samples: Sequence[Mapping[str, np.ndarray]]) -> dict[str, torch.Tensor]:
     """``[{key: array [S]}] * B -> {key: tensor [B, S]}``; raises on mismatched keys or shapes."""

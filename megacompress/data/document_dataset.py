@@ -17,12 +17,18 @@ target and are skipped. Split points ``t``:
   ending with an EOS; if that window holds no sentence start (a sentence longer
   than S) the chunk is cut at ``s + S`` mid-sentence.
 
+Sidecar check. When the index is built, ``check_eos_sidecar`` verifies, for every
+document of the range, that its offsets are strictly increasing, each is inside
+the document and points at an ``eos_id`` token, and there is one per ``eos_id``
+token of the document; otherwise ``ShardError`` names the sidecar and the document.
+
 Cached indices (see ``index_cache``):
 
 * ``chunks`` int64 ``[num_chunks, 3]``: (shard sequence id, s, t), in document order;
 * ``order``  int64 ``[num_samples]``: dataset index -> chunk row; epochs of
-  (optionally shuffled, fresh permutation per epoch) chunk orders, concatenated
-  and cut at ``num_samples`` (``None``: one epoch).
+  (optionally shuffled, fresh permutation per epoch, see ``shuffle``) chunk
+  orders, concatenated and cut at ``num_samples`` (``None``: one epoch), so
+  growing ``num_samples`` keeps every item seen so far.
 
 Item layout (numpy, length S; n = t - s real positions, then padding):
 
@@ -36,13 +42,18 @@ Item layout (numpy, length S; n = t - s real positions, then padding):
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from tqdm import tqdm
 
+from megacompress.data.collate import TOKEN_BATCH_KEYS
 from megacompress.data.index_cache import load_or_build, open_document_range, shard_digest
-from megacompress.data.indexed import IndexedDataset, ShardError, shard_exists
+from megacompress.data.indexed import IndexedDataset, ShardError, idx_path, shard_exists
+from megacompress.data.shuffle import CHUNKS, epoch_permutations
+from megacompress.progress import progress
+
+SENTENCE_BATCH_KEYS = TOKEN_BATCH_KEYS | {"eos_mask"}
 
 
 def eos_prefix(prefix: str) -> str:
@@ -55,6 +66,8 @@ class DocumentDatasetConfig:
     """Everything the sample order depends on (all of it goes into the cache key).
 
     ``use_sentences=None`` uses the sidecar when it exists; True requires it.
+    ``eos_id`` (the tokenizer's ``<|endofsentence|>``) is required with the sidecar,
+    whose offsets are checked against it.
     """
 
     seq_length: int
@@ -64,6 +77,60 @@ class DocumentDatasetConfig:
     shuffle: bool = True
     document_range: tuple[int, int] | None = None
     use_sentences: bool | None = None
+    eos_id: int | None = None
+
+
+def _document_blocks(lengths: np.ndarray, block_tokens: int) -> Iterator[tuple[int, int]]:
+    """Consecutive document ranges ``[a, b)`` of about ``block_tokens`` tokens (at least one document)."""
+    ends = np.cumsum(lengths)
+    a = 0
+    while a < len(lengths):
+        base = int(ends[a - 1]) if a else 0
+        b = max(a + 1, int(np.searchsorted(ends, base + block_tokens, side="right")))
+        yield a, b
+        a = b
+
+
+def check_eos_sidecar(shard: IndexedDataset, eos: IndexedDataset, eos_id: int,
+                      document_range: tuple[int, int], block_tokens: int = 1 << 24) -> None:
+    """``ShardError`` unless ``eos`` lists exactly the ``eos_id`` tokens of every document in range.
+
+    Vectorised over blocks of about ``block_tokens`` tokens, so memory stays bounded.
+    """
+    start, end = document_range
+    for a, b in _document_blocks(shard.sequence_lengths[start:end].astype(np.int64), block_tokens):
+        _check_eos_block(shard, eos, eos_id, start + a, start + b)
+
+
+def _first(mask: np.ndarray) -> int | None:
+    """Index of the first True entry, None if there is none."""
+    return int(np.argmax(mask)) if mask.any() else None
+
+
+def _check_eos_block(shard: IndexedDataset, eos: IndexedDataset, eos_id: int, a: int, b: int) -> None:
+    lengths = shard.sequence_lengths[a:b].astype(np.int64)
+    counts = eos.sequence_lengths[a:b].astype(np.int64)
+    offsets = eos.tokens(a, b).astype(np.int64)
+    owner = np.repeat(np.arange(b - a), counts)  # block-local document of each offset
+    doc_start = np.cumsum(lengths) - lengths  # block-local token start of each document
+    tokens = shard.tokens(a, b)
+
+    def fail(doc: int, problem: str):
+        raise ShardError(f"{idx_path(eos.prefix)}: document {a + doc}: {problem}")
+
+    # In order: each check may index with what the previous ones validated.
+    if (k := _first((offsets < 0) | (offsets >= lengths[owner]))) is not None:
+        fail(owner[k], f"EOS offset {offsets[k]} is outside the document ({lengths[owner[k]]} tokens)")
+    found = tokens[doc_start[owner] + offsets]
+    if (k := _first(found != eos_id)) is not None:
+        fail(owner[k], f"offset {offsets[k]} holds token {found[k]}, not the EOS id {eos_id}")
+    if (k := _first((owner[1:] == owner[:-1]) & (offsets[1:] <= offsets[:-1]))) is not None:
+        fail(owner[k + 1], f"offsets are not strictly increasing ({offsets[k]} then {offsets[k + 1]})")
+    # side="right": a token at the start shared by empty documents belongs to the last of them, the non-empty one.
+    actual = np.bincount(np.searchsorted(doc_start, np.flatnonzero(tokens == eos_id), side="right") - 1,
+                         minlength=b - a)
+    if (k := _first(actual != counts)) is not None:
+        fail(k, f"holds {actual[k]} EOS tokens but the sidecar lists {counts[k]} offsets")
 
 
 def _sentence_chunks(doc: int, length: int, eos: np.ndarray, seq_length: int) -> list[tuple[int, int, int]]:
@@ -100,6 +167,9 @@ class DocumentDataset:
         if self.eos is not None and len(self.eos) != len(self.shard):
             raise ShardError(f"{eos_prefix(prefix)}.idx: {len(self.eos)} sequences but the main shard "
                              f"{prefix} has {len(self.shard)}")
+        if self.eos is not None and config.eos_id is None:
+            raise ValueError(f"{prefix}: eos_id is needed to check the sentence sidecar {eos_prefix(prefix)}")
+        self.batch_keys = SENTENCE_BATCH_KEYS if self.use_sentences else TOKEN_BATCH_KEYS
 
         key = {"shard": shard_digest(prefix), **asdict(config), "document_range": [start, end],
                "use_sentences": self.use_sentences,
@@ -127,9 +197,9 @@ class DocumentDataset:
         short = lengths <= S + 1
         rows = [np.stack([docs[short], np.zeros(short.sum(), np.int64), lengths[short] - 1], axis=1)]
         long_rows = [chunk
-                     for doc, length in tqdm(zip(docs[~short].tolist(), lengths[~short].tolist()),
-                                             total=int((~short).sum()), desc=f"chunking {self.prefix}",
-                                             disable=(~short).sum() < 10_000)
+                     for doc, length in progress(zip(docs[~short].tolist(), lengths[~short].tolist()),
+                                                 total=int((~short).sum()), desc=f"chunking {self.prefix}",
+                                                 enabled=(~short).sum() >= 10_000)
                      for chunk in _sentence_chunks(doc, length, self.eos.get(doc), S)]
         if long_rows:
             rows.append(np.asarray(long_rows, dtype=np.int64))
@@ -138,15 +208,15 @@ class DocumentDataset:
 
     def _build_indices(self) -> dict[str, np.ndarray]:
         cfg = self.config
+        if self.eos is not None:  # once per index build, not per item
+            check_eos_sidecar(self.shard, self.eos, cfg.eos_id, self.document_range)
         chunks = self._build_chunks()
         if len(chunks) == 0:
             raise ValueError(f"{self.prefix}: documents {self.document_range} contain no document "
                              "with at least 2 tokens")
         num_samples = len(chunks) if cfg.num_samples is None else cfg.num_samples
         num_epochs = max(1, -(-num_samples // len(chunks)))  # num_samples=0: an unsampled blend part
-        rng = np.random.Generator(np.random.PCG64(cfg.seed))
-        rows = np.arange(len(chunks), dtype=np.int64)
-        order = np.concatenate([rng.permutation(rows) if cfg.shuffle else rows for _ in range(num_epochs)])
+        order = epoch_permutations(cfg.seed, CHUNKS, [len(chunks)] * num_epochs, cfg.shuffle)
         return {"chunks": chunks, "order": order[:num_samples]}
 
     def __len__(self) -> int:

@@ -1,22 +1,32 @@
 """Fixed-length GPT samples over the concatenation of a shard's documents.
 
 Token stream. Each sequence of the shard is one document (as in Megatron's GPT
-dataset). An epoch is one pass over the documents of ``document_range`` in a
-shuffled order (a fresh permutation per epoch); epochs are concatenated until
-the stream holds ``num_samples * seq_length + 1`` tokens. If the shard was
-packed without ``--append-eod``, set ``add_eod=True`` and an EOD token is
-inserted virtually after every document (never both: the builder reads the
-shard's ``meta.json`` to decide). Empty documents are skipped.
+dataset). A document epoch is one pass over the non-empty documents of
+``document_range`` in a shuffled order (a fresh permutation per epoch, see
+``shuffle``); epochs are concatenated into one stream of T tokens per epoch. If
+the shard was packed without ``--append-eod``, set ``add_eod=True`` and an EOD
+token is inserted virtually after every document (never both: the builder reads
+the shard's ``meta.json`` or, for a shard without one, its documents' last
+tokens). Zero-token documents (an empty field of a multi-key corpus) are
+skipped, EOD or not.
 
-Samples. Sample ``i`` (before shuffling) is stream tokens
-``[i * S, i * S + S]`` inclusive (S = ``seq_length``): S + 1 tokens, so
-consecutive samples share one token and every stream token except the very
-first is a target exactly once.
+Samples. Sample ``i`` is stream tokens ``[i * S, i * S + S]`` inclusive
+(S = ``seq_length``): S + 1 tokens, so consecutive samples share one token and
+every stream token except the very first is a target exactly once. Sample i
+belongs to epoch ``floor(i * S / T)`` (the epoch of its first token), so epoch e
+holds samples ``[a_e, a_{e+1})`` with ``a_e = ceil(e * T / S)``.
 
-Cached indices (see ``index_cache``):
+Order. The items are the first ``num_samples`` entries of the concatenation over
+epochs of a per-epoch permutation of each epoch's samples; enough whole epochs
+are built to cover ``num_samples`` (the last one partly used). Both the document
+order and the sample order of epoch e depend only on (seed, e), so growing
+``num_samples`` (resuming with more steps) keeps every item seen so far:
+item k is the same for any ``num_samples > k``.
 
-* ``doc_idx``    int32 ``[num_epochs * num_docs]``: shard sequence ids in stream order;
-* ``sample_idx`` int64 ``[num_samples + 1, 2]``: row i = (position in ``doc_idx``,
+Cached indices (see ``index_cache``), with M >= num_samples built samples:
+
+* ``doc_idx``    int32 ``[num_doc_epochs * num_docs]``: shard sequence ids in stream order;
+* ``sample_idx`` int64 ``[M + 1, 2]``: row i = (position in ``doc_idx``,
   token offset inside that document) where sample i starts; sample i ends at the
   start of sample i + 1 (inclusive);
 * ``shuffle_idx`` int64 ``[num_samples]``: dataset index -> sample index.
@@ -32,7 +42,7 @@ Item ``k`` is sample ``shuffle_idx[k]`` as numpy arrays of length S:
   that continues a document from the previous sample (as Megatron's
   ``reset_position_ids``), so positions never exceed S - 1.
 
-Randomness: ``np.random.Generator(np.random.PCG64(seed))`` only, so the same
+Randomness: per-epoch numpy ``Generator`` streams only (``shuffle``), so the same
 configuration gives the same order on every machine.
 """
 
@@ -43,17 +53,19 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from megacompress.data.collate import TOKEN_BATCH_KEYS
 from megacompress.data.index_cache import load_or_build, open_document_range, shard_digest
+from megacompress.data.shuffle import DOCUMENTS, SAMPLES, epoch_permutations
 
 
 @dataclass(frozen=True)
 class GPTDatasetConfig:
     """Everything the sample order depends on (all of it goes into the cache key).
 
-    ``num_samples=None`` means one epoch's worth of full samples, unshuffled
-    document order is used when ``shuffle=False`` (documents in shard order,
-    samples in stream order). ``document_range`` is a half-open range of shard
-    sequence ids (``None``: all), used for train/valid/test splits.
+    ``num_samples=None`` means the samples of the first epoch (``ceil(T / S)``);
+    ``shuffle=False`` keeps documents in shard order and samples in stream order.
+    ``document_range`` is a half-open range of shard sequence ids (``None``: all),
+    used for train/valid/test splits.
     """
 
     seq_length: int
@@ -67,6 +79,8 @@ class GPTDatasetConfig:
 
 class GPTDataset:
     """Map-style dataset of fixed-length samples; see the module docstring for the layout."""
+
+    batch_keys = TOKEN_BATCH_KEYS
 
     def __init__(self, prefix: str, config: GPTDatasetConfig, cache_dir: str | os.PathLike | None = None):
         self.prefix = prefix
@@ -87,38 +101,38 @@ class GPTDataset:
 
     def _build_indices(self) -> dict[str, np.ndarray]:
         cfg = self.config
+        S = cfg.seq_length
         lengths = self._doc_lengths()
         start, end = self.document_range
         docs = np.arange(start, end, dtype=np.int64)
-        docs = docs[lengths[docs] > 0]
+        docs = docs[self.shard.sequence_lengths[docs] > 0]
         tokens_per_epoch = int(lengths[docs].sum())
         if tokens_per_epoch < 2:
             raise ValueError(f"{self.prefix}: documents {self.document_range} hold {tokens_per_epoch} tokens; "
                              "need at least 2 for one sample")
-        num_samples = cfg.num_samples
-        if num_samples is None:
-            num_samples = (tokens_per_epoch - 1) // cfg.seq_length
-            if num_samples == 0:
-                raise ValueError(f"{self.prefix}: one epoch ({tokens_per_epoch} tokens) is shorter than "
-                                 f"one sample of seq_length + 1 = {cfg.seq_length + 1} tokens")
-        needed = num_samples * cfg.seq_length + 1
-        num_epochs = -(-needed // tokens_per_epoch)  # ceil
+        T = tokens_per_epoch
+        num_samples = -(-T // S) if cfg.num_samples is None else cfg.num_samples
+        # Sample epochs covering num_samples items; a[e] = first sample of epoch e.
+        sample_epochs = 0 if num_samples == 0 else (num_samples - 1) * S // T + 1
+        a = -(-np.arange(sample_epochs + 1, dtype=np.int64) * T // S)
+        built = int(a[-1])
+        doc_epochs = -(-(built * S + 1) // T)  # the last sample's tokens may reach into later epochs
 
-        rng = np.random.Generator(np.random.PCG64(cfg.seed))
-        orders = [rng.permutation(docs) if cfg.shuffle else docs for _ in range(num_epochs)]
-        doc_idx = np.concatenate(orders).astype(np.int32)
+        doc_idx = docs[epoch_permutations(cfg.seed, DOCUMENTS, [len(docs)] * doc_epochs, cfg.shuffle)]
 
         # Start token of every document in the stream, then locate each sample start in it.
         doc_starts = np.zeros(len(doc_idx) + 1, dtype=np.int64)
         np.cumsum(lengths[doc_idx], out=doc_starts[1:])
-        sample_starts = np.arange(num_samples + 1, dtype=np.int64) * cfg.seq_length
+        sample_starts = np.arange(built + 1, dtype=np.int64) * S
         # side="right" skips nothing here (no empty documents) and maps a start that
         # falls exactly on a document boundary to the later document.
         position = np.searchsorted(doc_starts, sample_starts, side="right") - 1
         sample_idx = np.stack([position, sample_starts - doc_starts[position]], axis=1).astype(np.int64)
 
-        shuffle_idx = rng.permutation(num_samples) if cfg.shuffle else np.arange(num_samples)
-        return {"doc_idx": doc_idx, "sample_idx": sample_idx, "shuffle_idx": shuffle_idx.astype(np.int64)}
+        sizes = np.diff(a)
+        shuffle_idx = epoch_permutations(cfg.seed, SAMPLES, sizes.tolist(), cfg.shuffle) + np.repeat(a[:-1], sizes)
+        return {"doc_idx": doc_idx.astype(np.int32), "sample_idx": sample_idx,
+                "shuffle_idx": shuffle_idx[:num_samples]}
 
     def __len__(self) -> int:
         return len(self.shuffle_idx)

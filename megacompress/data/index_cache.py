@@ -39,8 +39,9 @@ import torch.distributed as dist
 from megacompress.atomic import atomic_write, write_text_atomic
 from megacompress.data.indexed import IndexedDataset
 
-# Bump when the layout of any cached array changes, so stale caches are not reused.
-CACHE_FORMAT_VERSION = 1
+# Bump when the layout or meaning of any cached array changes, so stale caches are not reused
+# (2: per-epoch GPT sample order and per-epoch generator streams, sidecar checked at build).
+CACHE_FORMAT_VERSION = 2
 
 
 @dataclass

@@ -332,6 +332,42 @@ class IndexedDataset:
         start = int(self.sequence_pointers[i]) + offset * self.dtype.itemsize
         return np.frombuffer(self._bin_mmap, dtype=self.dtype, count=length, offset=start)
 
+    def tokens(self, start: int = 0, end: int | None = None) -> np.ndarray:
+        """Tokens of sequences ``[start, end)`` concatenated: one read-only view, no copy.
+
+        Sequences are contiguous in ``.bin``, so sequence ``j`` of the range is
+        ``view[p_j : p_j + length_j]`` with ``p_j = (pointer_j - pointer_start) / itemsize``.
+        """
+        n = len(self)
+        end = n if end is None else end
+        if not 0 <= start <= end <= n:
+            raise IndexError(f"{self.prefix}: sequence range [{start}, {end}) outside [0, {n})")
+        first = int(self.sequence_pointers[start]) if start < n else self.num_tokens * self.dtype.itemsize
+        count = int(self.sequence_lengths[start:end].sum(dtype=np.int64))
+        return np.frombuffer(self._bin_mmap, dtype=self.dtype, count=count, offset=first)
+
+    def token_bounds(self, block_tokens: int = 1 << 26) -> tuple[int, int] | None:
+        """``(min, max)`` token id of the whole shard (None when it has no tokens).
+
+        Read in blocks of ``block_tokens`` so memory stays bounded on big shards.
+        """
+        view = self.tokens()
+        if view.size == 0:
+            return None
+        blocks = [view[a : a + block_tokens] for a in range(0, view.size, block_tokens)]
+        return min(int(b.min()) for b in blocks), max(int(b.max()) for b in blocks)
+
+    def document_last_tokens(self) -> np.ndarray:
+        """Last token of every document that has tokens (int64, in document order).
+
+        Sequences are contiguous, so document d spans tokens ``[b[D_d], b[D_{d+1}])``
+        with ``b`` the token offset of every sequence start plus the total (S + 1
+        entries) and ``D`` the document indices; zero-token documents are left out.
+        """
+        bounds = np.append(self.sequence_pointers // self.dtype.itemsize, self.num_tokens)[self.document_indices]
+        ends = bounds[1:][bounds[1:] > bounds[:-1]]
+        return self.tokens()[ends - 1].astype(np.int64)
+
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self.get(j) for j in range(*i.indices(len(self)))]

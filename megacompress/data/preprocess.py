@@ -4,7 +4,14 @@ For each ``--json-keys`` key K the output is the shard ``{output_prefix}_{K}_doc
 (Megatron's naming) with one sequence per document, plus
 ``{shard}.meta.json`` and, with ``--split-sentences``, the sidecar shard
 ``{shard}.eos.bin/.idx`` (int32; sequence i = the offsets, inside document i, of its
-``<|endofsentence|>`` tokens).
+``<|endofsentence|>`` tokens) and the sentence model ``{shard}.sentences.json``.
+
+Alignment. Document i of every key's shard comes from the same input record. A
+record is kept only if every key holds a string that encodes; otherwise it is
+skipped for all keys (counted as ``incomplete``, and per key as ``missing_key``,
+``non_string`` or ``invalid_unicode``). An empty string is kept as an empty
+document (zero tokens, no EOD even with ``--append-eod``, as Megatron's
+``preprocess_data.py`` writes it), counted per key as ``empty_documents``.
 
 Pipeline: the parent reads ordered chunks of records (readers.py), a multiprocessing
 pool tokenizes them (at most ``2 * workers`` chunks in flight, so memory stays
@@ -12,12 +19,14 @@ constant), and the parent writes results in input order. Chunking does not depen
 on ``--workers`` and ``--partitions`` only splits the stream into contiguous pieces
 that are merged back in order, so the shards are byte-identical for any value of
 either. With ``--split-sentences`` the Punkt splitter is trained once, in the parent,
-on the first ``--sentence-train-chars`` characters of the first key's text, and its
-parameters are shipped to the workers.
+on the first ``--sentence-train-chars`` characters of the first key's text (or loaded
+from ``--sentence-model``, e.g. the train shard's ``.sentences.json``, so that every
+split of a corpus is cut by one model), and its parameters are shipped to the
+workers. Its JSON is saved beside each shard and its sha256 recorded in ``meta.json``.
 
 Bad records are never dropped silently: blank lines, invalid UTF-8, invalid JSON,
-non-object lines, missing keys, non-string values and empty texts are counted in
-the final summary and in ``meta.json``.
+non-object lines, missing keys, non-string values and invalid text are counted in
+the final summary and in ``meta.json``, and so are empty texts (kept as empty documents).
 """
 
 from __future__ import annotations
@@ -32,15 +41,19 @@ from collections import Counter, deque
 from dataclasses import dataclass, field as dc_field
 
 import numpy as np
-from tqdm import tqdm
 
 from megacompress.atomic import write_text_atomic
 from megacompress.data import readers
 from megacompress.data.indexed import DTYPE_CODES, IndexedDatasetWriter, best_dtype, cast_tokens
 from megacompress.data.tokenizers import TOKENIZER_KINDS, build_tokenizer
+from megacompress.progress import progress
 
-RECORD_PROBLEMS = ("blank_line", "invalid_utf8", "invalid_json", "not_an_object")
-KEY_PROBLEMS = ("missing_key", "non_string", "invalid_unicode", "empty")
+# Record-level reasons to skip a record (for every key); "incomplete": some key was unusable.
+RECORD_PROBLEMS = ("blank_line", "invalid_utf8", "invalid_json", "not_an_object", "incomplete")
+# Per key: why that key made its record incomplete.
+KEY_PROBLEMS = ("missing_key", "non_string", "invalid_unicode")
+KEY_COUNTS = ("documents", "tokens", "sentences", "empty_documents", *KEY_PROBLEMS)
+SENTENCE_MODEL_SUFFIX = ".sentences.json"
 
 
 @dataclass
@@ -57,6 +70,7 @@ class PreprocessConfig:
     dtype: str | None = None  # default: smallest that fits the vocabulary
     chunk_bytes: int = 256 << 10
     sentence_train_chars: int = 1_000_000
+    sentence_model: str | None = None  # a saved .sentences.json to reuse instead of training
 
 
 def shard_prefix(output_prefix: str, key: str) -> str:
@@ -115,8 +129,30 @@ def _encode_document(text: str) -> tuple[list[int], list[int]]:
     return ids, offsets
 
 
+def _encode_record(fields: dict) -> tuple[dict[str, tuple[list[int], list[int]]], list[tuple[str, str]]]:
+    """Every key's ``(ids, eos_offsets)``, and the ``(key, problem)`` pairs that make the record unusable.
+
+    An empty string is a valid, empty document (no tokens, not even EOD).
+    """
+    encoded, problems = {}, []
+    for key in _STATE["keys"]:
+        try:
+            value = readers.field(fields, key)
+        except KeyError:
+            problems.append((key, "missing_key"))
+            continue
+        if not isinstance(value, str):
+            problems.append((key, "non_string"))
+            continue
+        try:
+            encoded[key] = _encode_document(value) if value else ([], [])
+        except ValueError:  # lone surrogates from a JSON "\ud800" escape
+            problems.append((key, "invalid_unicode"))
+    return encoded, problems
+
+
 def process_chunk(chunk: readers.Chunk) -> tuple[dict[str, KeyResult], Counter]:
-    """Tokenize one chunk; returns per-key results and problem/record counters."""
+    """Tokenize one chunk; returns per-key results (one document per kept record) and counters."""
     stats: Counter = Counter()
     out = {k: ([], [], [], []) for k in _STATE["keys"]}
     for payload in chunk.records:
@@ -125,23 +161,13 @@ def process_chunk(chunk: readers.Chunk) -> tuple[dict[str, KeyResult], Counter]:
         if problem is not None:
             stats[problem] += 1
             continue
-        for key in _STATE["keys"]:
-            try:
-                value = readers.field(fields, key)
-            except KeyError:
-                stats[f"{key}/missing_key"] += 1
-                continue
-            if not isinstance(value, str):
-                stats[f"{key}/non_string"] += 1
-                continue
-            if value == "":
-                stats[f"{key}/empty"] += 1
-                continue
-            try:
-                ids, offsets = _encode_document(value)
-            except ValueError:  # lone surrogates from a JSON "\ud800" escape
-                stats[f"{key}/invalid_unicode"] += 1
-                continue
+        encoded, problems = _encode_record(fields)
+        if problems:  # skipped for every key, so document i of each shard is the same record
+            stats["incomplete"] += 1
+            stats.update(f"{key}/{name}" for key, name in problems)
+            continue
+        for key, (ids, offsets) in encoded.items():
+            stats[f"{key}/empty_documents"] += not ids
             tokens, lengths, eos, counts = out[key]
             tokens.extend(ids)
             lengths.append(len(ids))
@@ -175,6 +201,15 @@ def _ordered_map(pool, fn, items, window: int):
 
 
 # ---------------------------------------------------------------- parent side
+
+
+def _sentence_splitter(cfg: PreprocessConfig, files: list[str]):
+    """``(splitter, trained_chars)``: loaded from ``--sentence-model`` (0 chars) or trained on the input."""
+    if cfg.sentence_model is not None:
+        from megacompress.data.sentences import SentenceSplitter
+
+        return SentenceSplitter.load(cfg.sentence_model), 0
+    return _train_splitter(files, cfg.json_keys[0], cfg.sentence_train_chars)
 
 
 def _train_splitter(files: list[str], key: str, max_chars: int):
@@ -241,9 +276,15 @@ def preprocess(cfg: PreprocessConfig) -> dict:
     if len(set(cfg.json_keys)) != len(cfg.json_keys):
         raise ValueError(f"--json-keys has duplicates: {cfg.json_keys}")
 
-    punkt_params, trained_chars = None, 0
+    punkt_params, trained_chars, model_json, model_digest = None, 0, None, None
+    if cfg.sentence_model is not None and not cfg.split_sentences:
+        raise ValueError("--sentence-model is only used with --split-sentences")
     if cfg.split_sentences:
-        splitter, trained_chars = _train_splitter(files, cfg.json_keys[0], cfg.sentence_train_chars)
+        from megacompress.data.sentences import sentence_model_digest  # NLTK import; only when splitting
+
+        splitter, trained_chars = _sentence_splitter(cfg, files)
+        model_json = splitter.to_json()  # before any splitting touches the parameters
+        model_digest = sentence_model_digest(model_json)
         punkt_params = splitter.params
 
     partitions = readers.plan_partitions(files, cfg.partitions)
@@ -265,7 +306,7 @@ def preprocess(cfg: PreprocessConfig) -> dict:
     outputs: list[_KeyOutput] = []
     part_prefixes: list[dict[str, str]] = []
     try:
-        bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="preprocess", disable=None)
+        bar = progress(total=total_bytes, unit="B", unit_scale=True, desc="preprocess")
         for p, segments in enumerate(partitions):
             names = {
                 key: shard_prefix(cfg.output_prefix, key)
@@ -311,29 +352,44 @@ def preprocess(cfg: PreprocessConfig) -> dict:
     summary = _summary(cfg, files, stats, total_bytes, seconds, trained_chars)
     for key in cfg.json_keys:
         prefix = shard_prefix(cfg.output_prefix, key)
-        meta = {
-            "shard": os.path.basename(prefix),
-            "json_key": key,
-            "tokenizer": {
-                "name": tok.name,
-                "model": os.path.basename(cfg.tokenizer_model) if cfg.tokenizer_model else None,
-                "fingerprint": tok.fingerprint(),
-                "vocab_size": tok.vocab_size,
-                "special_ids": {n: tok.special_id(n) for n in ("eod", "eos", "gist", "pad")},
-            },
-            "dtype": dtype.name,
-            "flags": {
-                "append_eod": cfg.append_eod,
-                "split_sentences": cfg.split_sentences,
-                "json_keys": cfg.json_keys,
-                "sentence_train_chars": trained_chars if cfg.split_sentences else None,
-            },
-            "inputs": [os.path.basename(f) for f in files],
-            "eos_sidecar": os.path.basename(prefix) + ".eos" if cfg.split_sentences else None,
-            "counts": summary["keys"][key] | {"records": summary["records"]},
-        }
+        if model_json is not None:
+            write_text_atomic(prefix + SENTENCE_MODEL_SUFFIX, model_json)
+        meta = _shard_meta(cfg, key, tok, dtype, files, summary, trained_chars, model_digest)
         write_text_atomic(prefix + ".meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return summary
+
+
+def _shard_meta(cfg: PreprocessConfig, key: str, tok, dtype: np.dtype, files: list[str], summary: dict,
+                trained_chars: int, model_digest: str | None) -> dict:
+    """The ``meta.json`` content of key ``key``'s shard (layout in docs/data.md)."""
+    prefix = shard_prefix(cfg.output_prefix, key)
+    name = os.path.basename(prefix)
+    return {
+        "shard": name,
+        "json_key": key,
+        "tokenizer": {
+            "name": tok.name,
+            "model": os.path.basename(cfg.tokenizer_model) if cfg.tokenizer_model else None,
+            "fingerprint": tok.fingerprint(),
+            "vocab_size": tok.vocab_size,
+            "special_ids": {n: tok.special_id(n) for n in ("eod", "eos", "gist", "pad")},
+        },
+        "dtype": dtype.name,
+        "flags": {
+            "append_eod": cfg.append_eod,
+            "split_sentences": cfg.split_sentences,
+            "json_keys": cfg.json_keys,
+            "sentence_train_chars": trained_chars if cfg.split_sentences and cfg.sentence_model is None else None,
+        },
+        "sentence_model": None if model_digest is None else {
+            "file": name + SENTENCE_MODEL_SUFFIX,
+            "sha256": model_digest,
+            "loaded_from": os.path.basename(cfg.sentence_model) if cfg.sentence_model else None,
+        },
+        "inputs": [os.path.basename(f) for f in files],
+        "eos_sidecar": name + ".eos" if cfg.split_sentences else None,
+        "counts": summary["keys"][key] | {"records": summary["records"]},
+    }
 
 
 def _merge_partitions(cfg: PreprocessConfig, part_prefixes: list[dict[str, str]], dtype) -> None:
@@ -361,10 +417,7 @@ def _remove_partitions(cfg: PreprocessConfig, part_prefixes: list[dict[str, str]
 
 
 def _summary(cfg, files, stats: Counter, total_bytes: int, seconds: float, trained_chars: int) -> dict:
-    keys = {
-        key: {name: stats[f"{key}/{name}"] for name in ("documents", "tokens", "sentences", *KEY_PROBLEMS)}
-        for key in cfg.json_keys
-    }
+    keys = {key: {name: stats[f"{key}/{name}"] for name in KEY_COUNTS} for key in cfg.json_keys}
     return {
         "files": len(files),
         "bytes": total_bytes,
@@ -383,7 +436,7 @@ def _format_summary(summary: dict) -> str:
     lines.append(f"records {rec['records']} ({skipped})")
     for key, c in summary["keys"].items():
         problems = ", ".join(f"{k} {c[k]}" for k in KEY_PROBLEMS)
-        lines.append(f"[{key}] skipped: {problems}")
+        lines.append(f"[{key}] empty documents {c['empty_documents']}; records made incomplete by: {problems}")
     docs = sum(c["documents"] for c in summary["keys"].values())
     tokens = sum(c["tokens"] for c in summary["keys"].values())
     lines.append(
@@ -411,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(d.name for d in DTYPE_CODES.values() if d.kind in "iu"), help="token dtype (default: uint16 if the vocabulary fits, else int32)")
     p.add_argument("--chunk-bytes", type=int, default=PreprocessConfig.chunk_bytes, help="input bytes per worker task (default: %(default)s)")
     p.add_argument("--sentence-train-chars", type=int, default=PreprocessConfig.sentence_train_chars, help="characters of text to train the sentence splitter on (default: %(default)s)")
+    p.add_argument("--sentence-model", help="reuse a saved sentence model (e.g. the train shard's .sentences.json) instead of training one")
     return p
 
 
@@ -429,6 +483,7 @@ def main(argv: list[str] | None = None) -> dict:
         dtype=args.dtype,
         chunk_bytes=args.chunk_bytes,
         sentence_train_chars=args.sentence_train_chars,
+        sentence_model=args.sentence_model,
     )
     try:
         summary = preprocess(cfg)

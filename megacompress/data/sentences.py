@@ -18,10 +18,26 @@
 Training (``SentenceSplitter.train``) is deterministic: the same texts in the same
 order give the same parameters. ``splitter.params`` pickles, so a parent process
 trains once and ships the parameters to worker processes.
+
+Saved model. ``splitter.to_json()`` is the canonical JSON of the Punkt parameters
+(no pickle: loading a model never runs code), ``SentenceSplitter.load(path)``
+reads it back, so one model can split every part of a corpus::
+
+    {"format": "megacompress-punkt", "version": 1,
+     "abbrev_types":  [str, ...],            sorted; the built-in list included
+     "collocations":  [[str, str], ...],     sorted
+     "sent_starters": [str, ...],            sorted
+     "ortho_context": {str: int, ...}}       orthographic flags, non-zero only
+
+Keys are sorted, the text is ASCII (JSON escapes) and ends with a newline, so
+equal parameters give byte-identical files and ``sentence_model_digest`` (sha256
+of the text) identifies the model.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterable
 
@@ -33,9 +49,53 @@ DEFAULT_ABBREVIATIONS = frozenset(
     "e.g i.e etc vs cf no vol fig p pp ch sec jan feb mar apr jun jul aug sep sept oct nov dec".split()
 )
 
+MODEL_FORMAT = "megacompress-punkt"
+MODEL_VERSION = 1
+
 # A whitespace run holding a blank line; the match starts right after the previous
 # non-whitespace character, which is where the cut goes.
 _BLANK_LINE = re.compile(r"\s*\n[^\S\n]*\n")
+
+
+class SentenceModelError(ValueError):
+    """A saved sentence model is unreadable or malformed; the message names the file."""
+
+
+def sentence_model_digest(model_json: str) -> str:
+    """sha256 hex digest of a model's JSON text (as written by ``to_json``)."""
+    return hashlib.sha256(model_json.encode()).hexdigest()
+
+
+def _is_str_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _params_from_dict(model, path: str) -> PunktParameters:
+    """Validate the parsed JSON ``model`` of file ``path`` and build the parameters."""
+    if not isinstance(model, dict) or model.get("format") != MODEL_FORMAT:
+        raise SentenceModelError(f"{path}: not a sentence model (expected a JSON object with "
+                                 f"\"format\": \"{MODEL_FORMAT}\")")
+    if model.get("version") != MODEL_VERSION:
+        raise SentenceModelError(f"{path}: unsupported sentence model version {model.get('version')!r} "
+                                 f"(expected {MODEL_VERSION})")
+    ortho = model.get("ortho_context")
+    checks = [
+        ("abbrev_types", _is_str_list(model.get("abbrev_types")), "a list of strings"),
+        ("sent_starters", _is_str_list(model.get("sent_starters")), "a list of strings"),
+        ("collocations", isinstance(model.get("collocations"), list)
+         and all(_is_str_list(c) and len(c) == 2 for c in model["collocations"]), "a list of [str, str] pairs"),
+        ("ortho_context", isinstance(ortho, dict) and all(type(v) is int and v >= 0 for v in ortho.values()),
+         "an object of non-negative integers"),
+    ]
+    for key, ok, expected in checks:
+        if not ok:
+            raise SentenceModelError(f"{path}: \"{key}\" must be {expected}")
+    params = PunktParameters()
+    params.abbrev_types.update(model["abbrev_types"])
+    params.sent_starters.update(model["sent_starters"])
+    params.collocations.update(tuple(c) for c in model["collocations"])
+    params.ortho_context.update(ortho)
+    return params
 
 
 class SentenceSplitter:
@@ -56,6 +116,32 @@ class SentenceSplitter:
             trainer.train(text, finalize=False)
         trainer.finalize_training()
         return cls(trainer.get_params())
+
+    @classmethod
+    def load(cls, path: str) -> "SentenceSplitter":
+        """The splitter saved (``to_json``) in ``path``; ``SentenceModelError`` naming the file if invalid."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                model = json.load(f)
+        except FileNotFoundError:
+            raise SentenceModelError(f"{path}: sentence model file does not exist") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SentenceModelError(f"{path}: invalid sentence model JSON ({exc})") from None
+        return cls(_params_from_dict(model, path))
+
+    def to_json(self) -> str:
+        """Canonical JSON of the parameters (layout in the module docstring)."""
+        p = self.params
+        model = {
+            "format": MODEL_FORMAT,
+            "version": MODEL_VERSION,
+            "abbrev_types": sorted(p.abbrev_types),
+            "collocations": sorted([a, b] for a, b in p.collocations),
+            "sent_starters": sorted(p.sent_starters),
+            # Punkt's defaultdict gains zero entries when splitting looks words up; zero = absent.
+            "ortho_context": {k: v for k, v in sorted(p.ortho_context.items()) if v},
+        }
+        return json.dumps(model, indent=1, sort_keys=True) + "\n"  # ASCII: the same bytes under any locale
 
     def boundaries(self, text: str) -> list[int]:
         """Sorted start offsets of pieces 1..n-1 (piece 0 starts at 0)."""
