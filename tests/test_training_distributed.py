@@ -30,7 +30,8 @@ import pytest
 import torch
 from distributed_helpers import REPO_ROOT, cpu_env, free_port, run_checked, run_torchrun
 
-from megacompress.models.gpt import GPT, gather_logits
+from megacompress.models.gpt import GPT
+from megacompress.models.outputs import gather_logits
 from megacompress.models.pretrained import full_state_dict
 from megacompress.training.checkpoint import SLEEP_BEFORE_COMMIT_ENV, read_latest, read_manifest
 from megacompress.training.signals import EXIT_REQUEUE

@@ -18,7 +18,15 @@ renames ``TAG.tmp`` -> ``TAG``, then replaces ``latest`` (temp file + ``os.repla
 then deletes checkpoints beyond the newest ``keep_last``; barrier.
 
 Loading verifies the manifest first: a missing or truncated file is an error naming it,
-and a model config that differs from the running one is refused with the differing keys.
+a model config that differs from the running one is refused with the differing keys, and so
+is a change of a run-defining training key (`RUN_KEYS`) unless ``checkpoint.allow_changes``
+names it. A change of the parallel layout must go through a universal checkpoint.
+
+Universal checkpoints across a TP change: every save records DeepSpeed's
+``universal_checkpoint_info`` (`universal_checkpoint_info`: which parameters are row-parallel,
+vocabulary tables or replicated, derived from the parameters' TP attributes), which
+``ds_to_universal`` needs to join TP shards along the right dimension and to strip the
+vocabulary padding (which DeepSpeed's universal load re-pads for the new TP size).
 """
 
 from __future__ import annotations
@@ -34,14 +42,28 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from deepspeed.checkpoint.constants import (AUTOTP_UNSUPPORTED_PARAMETER_PATTERNS, ORIGINAL_VOCAB_SIZE,
+                                            PARAMETER_WITH_ROW_PARALLELISM_PATTERNS,
+                                            TP_REPLICATED_PARAMETER_PATTERNS, UNIVERSAL_CHECKPOINT_INFO,
+                                            UNIVERSAL_CHECKPOINT_VERSION_KEY, UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+                                            VOCABULARY_PARAMETER_PATTERNS)
 
 from megacompress.atomic import atomic_write, write_text_atomic
+from megacompress.models.config import ModelConfig
+from megacompress.parallel import state as parallel_state
+from megacompress.parallel.layers import VocabParallelEmbedding
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
 TAG_RE = re.compile(r"^global_step(\d+)$")
 # Test hook: seconds rank 0 sleeps between the ranks' writes and the commit (rename).
 SLEEP_BEFORE_COMMIT_ENV = "MEGACOMPRESS_CKPT_SLEEP_BEFORE_COMMIT"
+# Training-config keys (dotted, or whole sections) that define the run a checkpoint continues:
+# a resume that changes one is refused unless ``checkpoint.allow_changes`` names it. The rest
+# (logging, checkpoint, eval, model: compared on its own) only say where and how to report.
+RUN_KEYS = ("data", "tokenizer", "schedule", "optimizer", "seed", "parallel.tensor_parallel_size",
+            "parallel.zero_stage")
+LOCATION_KEYS = ("data.cache_dir",)  # inside RUN_KEYS, but only a location
 
 
 class CheckpointError(RuntimeError):
@@ -110,11 +132,95 @@ def read_manifest(ckpt_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Keys whose value differs (a missing key counts as None)."""
+    return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+
+
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``key: saved -> current`` for every key whose value differs."""
-    keys = sorted(set(saved) | set(current))
     return [f"{k}: {saved.get(k, '<missing>')!r} -> {current.get(k, '<missing>')!r}"
-            for k in keys if saved.get(k) != current.get(k)]
+            for k in changed_keys(saved, current)]
+
+
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config dict -> ``{dotted key: value}`` (lists stay values)."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def covered(key: str, prefixes) -> bool:
+    """``key`` is one of ``prefixes`` or inside one of them (a section name covers its keys)."""
+    return any(key == p or key.startswith(f"{p}.") for p in prefixes)
+
+
+def run_defining(train_config: dict[str, Any], allowed=()) -> dict[str, Any]:
+    """The `RUN_KEYS` entries of ``train_config`` (dotted), less locations and ``allowed``."""
+    return {k: v for k, v in flatten_config(train_config).items()
+            if covered(k, RUN_KEYS) and not covered(k, (*LOCATION_KEYS, *allowed))}
+
+
+def _with_defaults(model_config: dict[str, Any]) -> dict[str, Any]:
+    """A saved model config with the defaults of fields added since it was written (so a
+    checkpoint from before a new field compares equal to a run that leaves it at its default)."""
+    try:
+        return ModelConfig.from_dict(model_config).to_dict()
+    except ValueError:
+        return model_config  # not a valid config any more: the comparison names the keys
+
+
+def universal_checkpoint_info(model: torch.nn.Module) -> dict[str, Any]:
+    """DeepSpeed's ``universal_checkpoint_info`` for ``model``, from its parameters' attributes.
+
+    ``tensor_model_parallel`` + ``partition_dim`` 1: row-parallel (TP shards joined along
+    dim 1); ``partition_dim`` 0: column-parallel (dim 0, DeepSpeed's default), or a vocabulary
+    table when it is a `VocabParallelEmbedding`'s weight (joined along dim 0, padding rows
+    stripped to ``original_vocab_size``); no TP attribute: replicated over TP. Parameters that
+    cannot be resharded are listed with the reason under DeepSpeed's
+    ``autotp_unsupported_parameter_patterns``, which ``ds_to_universal`` refuses. Patterns are
+    exact names (DeepSpeed matches them with ``re.match``).
+    """
+    vocab = {f"{name}.weight": m.num_embeddings for name, m in model.named_modules()
+             if isinstance(m, VocabParallelEmbedding)}
+    groups: dict[str, list[str]] = {"row": [], "vocab": [], "replicated": []}
+    unsupported = {}
+    for name, param in model.named_parameters():
+        kind = _tensor_parallel_kind(param, name in vocab)
+        if kind in groups:
+            groups[kind].append(re.escape(name) + "$")
+        elif kind != "column":
+            unsupported[re.escape(name) + "$"] = f"{name}: {kind}"
+    if len(set(vocab.values())) > 1:  # DeepSpeed strips every table to one original_vocab_size
+        unsupported.update({re.escape(name) + "$": f"{name}: vocabulary tables of different sizes {vocab}"
+                            for name in vocab})
+    info = {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+            PARAMETER_WITH_ROW_PARALLELISM_PATTERNS: groups["row"],
+            VOCABULARY_PARAMETER_PATTERNS: groups["vocab"],
+            TP_REPLICATED_PARAMETER_PATTERNS: groups["replicated"]}
+    if vocab:
+        info[ORIGINAL_VOCAB_SIZE] = max(vocab.values())
+    if unsupported:
+        info[AUTOTP_UNSUPPORTED_PARAMETER_PATTERNS] = unsupported
+    return info
+
+
+def _tensor_parallel_kind(param: torch.nn.Parameter, is_vocab: bool) -> str:
+    """"row", "column", "vocab", "replicated", or why the parameter cannot be resharded."""
+    if not param.requires_grad:
+        return "frozen: DeepSpeed's universal load restores only parameters the optimizer updates"
+    if not getattr(param, "tensor_model_parallel", False):
+        return "replicated"
+    dim, stride = getattr(param, "partition_dim", None), getattr(param, "partition_stride", 1)
+    if stride != 1 or dim not in (0, 1):
+        return f"tensor-parallel with partition_dim={dim}, partition_stride={stride} (only contiguous dim 0/1 splits)"
+    if dim == 1:
+        return "row"
+    return "vocab" if is_vocab else "column"
 
 
 def list_files(ckpt_dir: Path) -> dict[str, int]:
@@ -160,6 +266,9 @@ class CheckpointManager:
             for stale in self.root.glob("*.tmp"):  # uncommitted leftovers of a killed write
                 shutil.rmtree(stale)
         _barrier()
+        # DeepSpeed writes this module attribute into mp_rank_*_model_states.pt (client_state
+        # may not carry the key); ds_to_universal reads it from there.
+        setattr(engine.module, UNIVERSAL_CHECKPOINT_INFO, universal_checkpoint_info(engine.module))
         engine.save_checkpoint(str(self.root), tag=tmp.name, save_latest=False)
         rng_path = tmp / rng_file(rank)
         atomic_write(rng_path, lambda part: torch.save(rng_state, part))
@@ -189,26 +298,87 @@ class CheckpointManager:
                 shutil.rmtree(self.root / tag_for(step))
 
     def load(self, engine, load_dir: Path, tag: str, *, model_config: dict[str, Any],
-             universal: bool = False) -> tuple[TrainState, dict[str, Any]]:
-        """Verify ``load_dir/tag``, refuse a different model config, load it into ``engine``.
+             train_config: dict[str, Any] | None = None, universal: bool = False) -> tuple[TrainState, dict[str, Any]]:
+        """Verify ``load_dir/tag`` against this run and load it into ``engine``.
+
+        Refused: a different model config; with ``train_config`` (this run's), a changed
+        `RUN_KEYS` entry not in ``checkpoint.allow_changes`` and a TP change that the
+        checkpoint cannot be resharded for; a different number of processes unless
+        ``universal``. The LR scheduler state is not loaded: the LR is a function of the step
+        and the configured schedule (the trainer sets it from the returned step).
 
         Returns the saved `TrainState` and this rank's RNG state (empty when the checkpoint
         came from a different world size, e.g. a universal checkpoint).
         """
         ckpt_dir = Path(load_dir) / tag
         manifest = read_manifest(ckpt_dir)
-        diffs = config_differences(manifest["model_config"], model_config)
+        diffs = config_differences(_with_defaults(manifest["model_config"]), model_config)
         if diffs:
             raise CheckpointError(f"checkpoint {ckpt_dir} was saved with a different model config: "
                                   + "; ".join(diffs))
+        if train_config is not None:
+            check_run_unchanged(ckpt_dir, manifest["train_config"], train_config)
+            check_tensor_parallel_change(ckpt_dir, manifest, train_config, universal)
         if not universal and manifest["world_size"] != _world():
             raise CheckpointError(
                 f"checkpoint {ckpt_dir} was written by {manifest['world_size']} processes, this run has "
                 f"{_world()}: convert it with `python tools/convert_checkpoint.py to-universal` and load it "
                 "with checkpoint.load_universal=true")
-        path, _ = engine.load_checkpoint(str(load_dir), tag=tag, load_module_strict=True)
+        if universal and manifest.get("universal_checkpoint_info"):
+            check_vocabulary_rows(ckpt_dir, manifest["universal_checkpoint_info"], engine.module)
+        path, _ = engine.load_checkpoint(str(load_dir), tag=tag, load_module_strict=True,
+                                         load_lr_scheduler_states=False)
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load checkpoint {ckpt_dir}")
         rng_path = ckpt_dir / rng_file(_rank())
         rng = {} if universal or not rng_path.exists() else torch.load(rng_path, weights_only=False)
         return TrainState(**manifest["train_state"]), rng
+
+
+def check_run_unchanged(ckpt_dir: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse a resume that changes a `RUN_KEYS` entry not in ``checkpoint.allow_changes``."""
+    allowed = current["checkpoint"]["allow_changes"]
+    old, new = run_defining(saved, allowed), run_defining(current, allowed)
+    diffs = config_differences(old, new)
+    if diffs:
+        raise CheckpointError(
+            f"checkpoint {ckpt_dir} was saved by a run with a different training config: {'; '.join(diffs)}. "
+            f"Resume with the saved values, or accept the change with "
+            f"--set checkpoint.allow_changes=[{','.join(changed_keys(old, new))}]")
+
+
+def check_tensor_parallel_change(ckpt_dir: Path, manifest: dict[str, Any], current: dict[str, Any],
+                                 universal: bool) -> None:
+    """A TP change needs a universal checkpoint converted with the parameters' TP layout
+    (`universal_checkpoint_info`), and ZeRO-1/2 on both sides."""
+    saved_parallel, parallel = manifest["train_config"]["parallel"], current["parallel"]
+    saved_tp, tp = saved_parallel["tensor_parallel_size"], parallel["tensor_parallel_size"]
+    if saved_tp == tp:
+        return
+    change = f"tensor_parallel_size {saved_tp} -> {tp}"
+    if not universal:
+        raise CheckpointError(f"checkpoint {ckpt_dir} cannot be loaded with {change}: convert it with "
+                              "`python tools/convert_checkpoint.py to-universal` and load it with "
+                              "checkpoint.load_universal=true")
+    if not manifest.get("universal_checkpoint_info"):
+        raise CheckpointError(f"universal checkpoint {ckpt_dir} cannot be resharded ({change}): it was converted "
+                              "from a checkpoint saved without the parameters' tensor-parallel layout "
+                              f"(universal_checkpoint_info); resume it at tensor_parallel_size={saved_tp}")
+    if 3 in (saved_parallel["zero_stage"], parallel["zero_stage"]):
+        raise CheckpointError(f"universal checkpoint {ckpt_dir} cannot be resharded ({change}) under ZeRO-3 "
+                              f"(saved at stage {saved_parallel['zero_stage']}, this run {parallel['zero_stage']}): "
+                              "DeepSpeed's ZeRO-3 universal load does not split parameters over TP ranks")
+
+
+def check_vocabulary_rows(ckpt_dir: Path, info: dict[str, Any], model: torch.nn.Module) -> None:
+    """DeepSpeed's universal load takes a tensor whose shape equals the local shard for an
+    unsharded one; a vocabulary table of exactly ``original_vocab_size`` rows per TP rank at
+    TP > 1 would then load its first rows on every rank. Refuse that case."""
+    if parallel_state.get_tensor_parallel_world_size() == 1:
+        return
+    patterns = info.get(VOCABULARY_PARAMETER_PATTERNS, [])
+    for name, param in model.named_parameters():
+        if any(re.match(p, name) for p in patterns) and param.shape[0] == info[ORIGINAL_VOCAB_SIZE]:
+            raise CheckpointError(f"universal checkpoint {ckpt_dir}: {name} has {param.shape[0]} rows per TP rank, "
+                                  "equal to its vocabulary size, which DeepSpeed's universal load misreads as an "
+                                  "unsharded table; use another tensor-parallel size")

@@ -107,7 +107,9 @@ class CheckpointSection:
     """``dir`` defaults to ``RUN_DIR/checkpoints``; ``interval`` 0 = only at the end and on signals.
     ``resume``: load ``latest`` from ``dir`` when it exists; otherwise start from ``load_dir`` /
     ``load_tag`` if given (``load_universal``: a universal checkpoint made by
-    ``tools/convert_checkpoint.py to-universal``)."""
+    ``tools/convert_checkpoint.py to-universal``). ``allow_changes``: dotted keys or section
+    names (``[schedule.train_steps, data]``) whose value may differ from the checkpoint's run;
+    any other change of a run-defining key (`checkpoint.RUN_KEYS`) refuses the resume."""
 
     dir: str = ""
     interval: int = 0
@@ -116,6 +118,7 @@ class CheckpointSection:
     load_dir: str = ""
     load_tag: str = ""
     load_universal: bool = False
+    allow_changes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -191,7 +194,15 @@ class TrainConfig:
         errors = [msg for ok, msg in checks if not ok]
         if errors:
             raise TrainConfigError("invalid training config: " + "; ".join(errors))
+        self._check_allow_changes()
         self.model.build()  # ModelConfig validates its own fields
+
+    def _check_allow_changes(self) -> None:
+        """Every ``checkpoint.allow_changes`` entry is a dotted key or a section name."""
+        known = _dotted_keys(TrainConfig) + [f.name for f in dataclasses.fields(TrainConfig)]
+        for key in self.checkpoint.allow_changes:
+            if key not in known:
+                raise TrainConfigError(f"checkpoint.allow_changes: {_unknown(key, known)}")
 
 
 def _unknown(key: str, known: list[str]) -> TrainConfigError:

@@ -4,12 +4,15 @@
     DeepSpeed's universal checkpoint (``deepspeed.checkpoint.ds_to_universal
     --inject_missing_state``) of ``CKPT_DIR/TAG`` (default: ``latest``), written to
     ``OUT_DIR/TAG.tmp`` and renamed to ``OUT_DIR/TAG`` when complete, with our manifest
-    (train state, configs) carried over and ``OUT_DIR/latest_universal`` naming it. Resume on
-    any DP size with ``--set checkpoint.load_dir=OUT_DIR --set checkpoint.load_universal=true``.
+    (train state, configs, the saved ``universal_checkpoint_info``) carried over and
+    ``OUT_DIR/latest_universal`` naming it. Resume on any DP size, and with ZeRO-1/2 on any TP
+    size, with ``--set checkpoint.load_dir=OUT_DIR --set checkpoint.load_universal=true``.
+    Refused: ZeRO-3 with TP > 1 and parameters listed as not reshardable in the info.
 
 ``export CKPT_DIR OUT_DIR [--tag TAG]``
     Consolidated fp32 weights: ``OUT_DIR/model.safetensors`` + ``config.json``, loadable by
-    ``GPT.from_pretrained(OUT_DIR)`` at any TP size. Works for any TP size and ZeRO stage:
+    ``megacompress.models.load_pretrained(OUT_DIR)`` at any TP size, for any registered
+    architecture. Works for any TP size and ZeRO stage:
 
     1. per TP rank ``t`` (TP size from the manifest), that rank's fp32 shards. ZeRO-1/2/3:
        DeepSpeed's ``zero_to_fp32`` merge of the DP partitions, run on a directory of links
@@ -18,7 +21,8 @@
        (full fp32 weights; a bf16 ZeRO-0 module is refused, its fp32 master weights are in
        ``bf16_*optim_states.pt`` files that ``zero_to_fp32`` cannot read);
     2. TP-sharded parameters concatenated along their ``partition_dim`` (read from a TP=1
-       `GPT` of the manifest's config), rank order; replicated ones taken from rank 0;
+       model of the manifest's config and architecture), rank order; replicated ones taken
+       from rank 0;
     3. vocabulary tables (``Vp_tp = vocab_size`` padded to a multiple of ``128 * tp`` rows)
        checked to have all-zero padding rows and cut to the TP=1 padded size;
     4. loaded into the TP=1 model (strict: names and shapes) and written by ``save_pretrained``.
@@ -35,10 +39,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from deepspeed.checkpoint.constants import AUTOTP_UNSUPPORTED_PARAMETER_PATTERNS, UNIVERSAL_CHECKPOINT_INFO
 
 from megacompress.atomic import write_text_atomic
 from megacompress.parallel.layers import VocabParallelEmbedding
+from megacompress.progress import progress
 from megacompress.training.checkpoint import MANIFEST, CheckpointError, list_files, read_latest, read_manifest
 
 
@@ -49,8 +54,32 @@ def _resolve(ckpt_dir: Path, tag: str | None) -> tuple[str, dict]:
     return tag, read_manifest(ckpt_dir / tag)
 
 
+def saved_universal_info(tag_dir: Path) -> dict | None:
+    """The ``universal_checkpoint_info`` the checkpoint's first model-states file holds (None for
+    checkpoints saved before it was recorded). Memory-mapped: only the small dict is read."""
+    files = sorted(tag_dir.glob("*mp_rank_00_model_states.pt"))
+    if not files:
+        raise CheckpointError(f"{tag_dir} has no *mp_rank_00_model_states.pt file")
+    return torch.load(files[0], map_location="cpu", mmap=True, weights_only=False).get(UNIVERSAL_CHECKPOINT_INFO)
+
+
+def check_convertible(tag_dir: Path, manifest: dict, info: dict | None) -> None:
+    """Refuse what a universal checkpoint cannot restore correctly, naming it."""
+    parallel = manifest["train_config"]["parallel"]
+    if parallel["zero_stage"] == 3 and parallel["tensor_parallel_size"] > 1:
+        raise CheckpointError(f"{tag_dir}: a ZeRO-3 checkpoint with tensor_parallel_size="
+                              f"{parallel['tensor_parallel_size']} cannot be made universal: DeepSpeed's ZeRO-3 "
+                              "universal load does not split parameters over TP ranks (use ZeRO-1/2, or export)")
+    unsupported = (info or {}).get(AUTOTP_UNSUPPORTED_PARAMETER_PATTERNS)
+    if unsupported:
+        raise CheckpointError(f"{tag_dir} cannot be made universal, these parameters cannot be restored from it: "
+                              + "; ".join(unsupported.values()))
+
+
 def to_universal(ckpt_dir: Path, out_dir: Path, tag: str | None = None) -> Path:
     tag, manifest = _resolve(ckpt_dir, tag)
+    info = saved_universal_info(ckpt_dir / tag)
+    check_convertible(ckpt_dir / tag, manifest, info)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp, final = out_dir / f"{tag}.tmp", out_dir / tag
     shutil.rmtree(tmp, ignore_errors=True)
@@ -60,7 +89,9 @@ def to_universal(ckpt_dir: Path, out_dir: Path, tag: str | None = None) -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise CheckpointError(f"ds_to_universal failed on {ckpt_dir / tag}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    manifest.update(files=list_files(tmp), universal=True, source=str(ckpt_dir / tag))
+    # The loader reads the TP layout from here to decide whether a TP change can be resharded.
+    manifest.update(files=list_files(tmp), universal=True, source=str(ckpt_dir / tag),
+                    universal_checkpoint_info=info)
     write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
     if final.exists():
         shutil.rmtree(final)
@@ -128,7 +159,7 @@ def merge_tensor_parallel(model: torch.nn.Module, shards: list[dict[str, torch.T
 
 def export(ckpt_dir: Path, out_dir: Path, tag: str | None = None) -> Path:
     from megacompress.models.config import ModelConfig
-    from megacompress.models.gpt import GPT
+    from megacompress.models.registry import build_model
     from megacompress.parallel import state
 
     tag, manifest = _resolve(ckpt_dir, tag)
@@ -137,12 +168,12 @@ def export(ckpt_dir: Path, out_dir: Path, tag: str | None = None) -> Path:
     tp = parallel["tensor_parallel_size"]
     if list(tag_dir.glob(f"*mp_rank_{tp:02d}_*")):
         raise CheckpointError(f"{tag_dir} has files of TP rank {tp}, but its manifest says tensor_parallel_size={tp}")
-    model = GPT(ModelConfig.from_dict(manifest["model_config"]))
+    model = build_model(ModelConfig.from_dict(manifest["model_config"]))
     if state.get_tensor_parallel_world_size() != 1:  # the merge below fills an unsharded model
         raise CheckpointError("export must run in a process without tensor parallelism (it is a CLI; "
                               "inside a TP run use GPT.save_pretrained)")
     shards = [tensor_parallel_rank_state_dict(tag_dir, rank, parallel["zero_stage"])
-              for rank in tqdm(range(tp), desc="TP ranks", disable=tp == 1)]
+              for rank in progress(range(tp), desc="TP ranks", enabled=tp > 1)]
     merged = merge_tensor_parallel(model, shards, tag_dir)
     try:
         model.load_state_dict(merged, strict=True)

@@ -1,7 +1,8 @@
 """Learning-rate schedule (warmup + linear/cosine decay) and the global-batch-size ramp.
 
-Both are pure functions of the optimizer step, so a resumed run recomputes them exactly
-from the step stored in the checkpoint.
+Both are pure functions of the optimizer step and the config, so a resumed run recomputes
+them from the step stored in the checkpoint and the config it runs with (a changed
+``schedule.train_steps`` reshapes the rest of the run as if it had been set from the start).
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def learning_rate(step: int, *, lr: float, min_lr: float, warmup_steps: int, tra
 
 
 class WarmupDecayLR(torch.optim.lr_scheduler.LRScheduler):
-    """`learning_rate` as a torch scheduler (DeepSpeed steps it once per optimizer step and
-    saves its ``state_dict`` with the checkpoint). Every param group gets the same LR."""
+    """`learning_rate` as a torch scheduler (DeepSpeed steps it once per optimizer step).
+    Every param group gets the same LR. A resume calls `set_step` instead of loading a saved
+    ``state_dict``, which would bring back the saved run's shape."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, lr: float, min_lr: float, warmup_steps: int,
                  train_steps: int, decay: str):
@@ -49,6 +51,14 @@ class WarmupDecayLR(torch.optim.lr_scheduler.LRScheduler):
     def get_lr(self) -> list[float]:
         value = learning_rate(self.last_epoch, **self.shape)
         return [value for _ in self.optimizer.param_groups]
+
+    def set_step(self, step: int) -> None:
+        """Continue after ``step`` optimizer steps: the next step uses ``learning_rate(step)``
+        (also overwriting the LR a loaded optimizer state put in the param groups)."""
+        self.last_epoch = step
+        self._last_lr = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr):
+            group["lr"] = lr
 
 
 class BatchSizeRamp:

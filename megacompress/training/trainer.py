@@ -6,12 +6,19 @@ count, which DeepSpeed learns through ``set_train_batch_size``). The accumulatio
 is set explicitly on every micro batch, because DeepSpeed's own counter
 (``micro_steps % gas``) goes out of phase when ``gas`` changes during a ramp.
 
+Loss normalisation (Megatron's per-token rule): the step's loss is the sum of the token
+losses of the whole global batch divided by its labelled tokens (labels != -100, counted
+over all accumulation steps and DP ranks before the first forward). Each micro batch
+backpropagates ``loss_sum * DP / N_global`` with DeepSpeed's per-accumulation scaling
+off; DeepSpeed's mean over DP then leaves exactly d(sum / N_global). So the gradient of
+a global batch does not depend on the micro batch size or the DP size, also when samples
+carry different numbers of labels (padding, loss masks).
+
 Equivalences the tests rely on: DP=d with micro batch m and DP=1 with d accumulation
 steps of m see the same micro batches (the sampler gives DP rank r the r-th block of
-each global batch) and average the same per-micro-batch losses, so their losses agree to
-float rounding; TP=k equals TP=1 because the model's initialisation and loss are
-TP-invariant. On CPU everything is fp32 and deterministic, so a resumed run repeats
-an uninterrupted one bit for bit.
+each global batch), so their losses agree to float rounding; TP=k equals TP=1 because
+the model's initialisation and loss are TP-invariant. On CPU everything is fp32 and
+deterministic, so a resumed run repeats an uninterrupted one bit for bit.
 """
 
 from __future__ import annotations
@@ -27,16 +34,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from megacompress.data.builder import build_datasets
 from megacompress.data.collate import collate
+from megacompress.data.registry import dataset_batch_keys
 from megacompress.data.sampler import DataParallelSampler
 from megacompress.data.tokenizers import build_tokenizer
 from megacompress.models.flops import count_parameters, flops_per_token
-from megacompress.models.gpt import GPT
+from megacompress.models.config import ConfigError
+from megacompress.models.registry import build_model, select_inputs
 from megacompress.parallel import state
 from megacompress.parallel.grads import grad_norm
+from megacompress.progress import is_interactive, progress
 from megacompress.atomic import write_text_atomic
 from megacompress.training.checkpoint import CheckpointManager, TrainState, read_latest
 from megacompress.training.config import TrainConfig, TrainConfigError
@@ -45,9 +54,6 @@ from megacompress.training.metrics import MetricsLogger, memory_stats, peak_flop
 from megacompress.training.rng import get_rng_state, seed_everything, set_rng_state
 from megacompress.training.schedules import BatchSizeRamp, WarmupDecayLR
 from megacompress.training.signals import StopSignal
-
-MODEL_INPUTS = ("input_ids", "position_ids", "document_ids", "labels")
-
 
 @dataclass
 class TrainResult:
@@ -99,7 +105,7 @@ class Trainer:
         self.model_config = config.model.build()
         self.model_config.validate(state.get_tensor_parallel_world_size())
         self.seq_length = self.model_config.max_seq_len
-        model = GPT(self.model_config, seed=config.seed)
+        model = build_model(self.model_config, seed=config.seed)
         opt = config.optimizer
         optimizer = torch.optim.AdamW(parameter_groups(model, opt.weight_decay), lr=opt.lr,
                                       betas=(opt.beta1, opt.beta2), eps=opt.eps)
@@ -124,6 +130,7 @@ class Trainer:
         self.total_train_samples = sum(self.ramp(k) for k in range(s.train_steps))
         self.eval_samples = config.eval.iters * s.micro_batch_size * self.dp_size
         self.train_data, self.valid_data = self._build_datasets(tokenizer)
+        self._check_batch_keys()
         self.metrics = MetricsLogger(config.run_dir, enabled=self.is_main, tensorboard=config.logging.tensorboard)
         self.flops_per_token = flops_per_token(self.model_config, self.seq_length)
         self.peak_flops = peak_flops()
@@ -146,6 +153,16 @@ class Trainer:
                                              [self.total_train_samples, self.eval_samples, 0])
         return train, valid
 
+    def _check_batch_keys(self) -> None:
+        """Refuse, before the first step, data whose samples the model cannot take (names the keys)."""
+        for split, dataset in (("train", self.train_data), ("valid", self.valid_data)):
+            if dataset is not None:
+                try:
+                    select_inputs(self.model_config.architecture, dict.fromkeys(dataset_batch_keys(dataset)),
+                                  source=f"the {split} data (data.kind={self.config.data.kind!r})")
+                except ConfigError as exc:
+                    raise TrainConfigError(str(exc)) from None
+
     def _resume_source(self) -> tuple[Path, str, bool] | None:
         """(dir, tag, universal) to load: own ``latest`` first (a requeued run continues its own
         progress), else ``checkpoint.load_dir``; None to start from scratch."""
@@ -162,9 +179,12 @@ class Trainer:
         if source is None:
             return None
         load_dir, tag, universal = source
-        self.train_state, rng = self.checkpoints.load(self.engine, load_dir, tag,
-                                                      model_config=self.model_config.to_dict(), universal=universal)
+        self.train_state, rng = self.checkpoints.load(
+            self.engine, load_dir, tag, model_config=self.model_config.to_dict(), train_config=self.config.to_dict(),
+            universal=universal)
         set_rng_state(rng)
+        # The LR follows the configured schedule at the saved step, not the saved run's.
+        self.engine.lr_scheduler.set_step(self.train_state.step)
         return str(load_dir / tag)
 
     def _loader(self, dataset, total: int, consumed: int, batch_size) -> DataLoader:
@@ -173,16 +193,19 @@ class Trainer:
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0)
 
     def _inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: batch[k].to(self.engine.device) for k in MODEL_INPUTS}
+        """The model's forward() arguments on its device; a batch key it does not take is an error."""
+        inputs = select_inputs(self.model_config.architecture, batch,
+                               source=f"a batch of data.kind={self.config.data.kind!r}")
+        return {k: v.to(self.engine.device) for k, v in inputs.items()}
 
-    def _dp_mean(self, values: list[torch.Tensor]) -> float:
-        total = torch.stack([v.detach().float() for v in values]).mean()
+    def _dp_sum(self, values: list[float | torch.Tensor]) -> list[float]:
+        """Element-wise sum over the DP ranks (one all-reduce for all values)."""
+        total = torch.tensor([float(v) for v in values], dtype=torch.float64)
         if self.dp_size > 1:
             if dist.get_backend() == "nccl":
                 total = total.cuda()
             dist.all_reduce(total, group=state.get_data_parallel_group())
-            total = total / self.dp_size
-        return total.item()
+        return total.tolist()
 
     # ------------------------------------------------------------------ banner
     def banner(self) -> str:
@@ -211,14 +234,18 @@ class Trainer:
     # ------------------------------------------------------------------ eval
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        """Mean validation loss over ``eval.iters`` micro batches per DP rank (all ranks run it)."""
+        """Validation loss per labelled token over ``eval.iters`` micro batches per DP rank
+        (all ranks run it)."""
         if self.valid_data is None:
             return None
         self.engine.eval()
-        losses = [self.engine(**self._inputs(batch)).loss
-                  for batch in self._loader(self.valid_data, self.eval_samples, 0, self.eval_samples)]
+        loss_sum, labels = 0.0, 0
+        for batch in self._loader(self.valid_data, self.eval_samples, 0, self.eval_samples):
+            out = self.engine(**self._inputs(batch))
+            loss_sum, labels = loss_sum + float(out.loss_sum), labels + int(out.num_labels)
         self.engine.train()
-        return self._dp_mean(losses)
+        loss_sum, labels = self._dp_sum([loss_sum, labels])
+        return loss_sum / max(labels, 1)
 
     def _log_eval(self) -> float | None:
         loss = self.evaluate()
@@ -239,8 +266,9 @@ class Trainer:
             print(self.banner(), flush=True)
         loader = iter(self._loader(self.train_data, self.total_train_samples, st.consumed_samples, self.ramp))
         stop = StopSignal()
-        bar = tqdm(total=s.train_steps, initial=st.step, desc="train", unit="step",
-                   disable=not (self.is_main and cfg.logging.progress_bar), dynamic_ncols=True)
+        # A bar on a terminal; in a log file one plain line per log interval instead.
+        show_bar = self.is_main and cfg.logging.progress_bar and is_interactive()
+        bar = progress(total=s.train_steps, initial=st.step, desc="train", unit="step", enabled=show_bar)
         last_saved, reason = None, "finished"
         window_tokens, window_start = 0, time.perf_counter()
         try:
@@ -254,6 +282,8 @@ class Trainer:
                         record["mfu"] = self.flops_per_token * record["tokens_per_s"] / (
                             self.peak_flops * state.get_world_size())
                     self.metrics.log(record)
+                    if self.is_main and not show_bar:
+                        print(log_line(record, s.train_steps), flush=True)
                     window_tokens, window_start = 0, time.perf_counter()
                 self.history.append(record)
                 bar.update(1)
@@ -284,37 +314,73 @@ class Trainer:
         self.metrics.close()
         return TrainResult(reason, st.step, last_saved, self.history)
 
-    def _train_step(self, loader) -> dict[str, Any]:
+    def next_micro_batches(self, loader) -> list[dict[str, torch.Tensor]]:
+        """This rank's micro batches of the next step (sets DeepSpeed's batch size for it)."""
         st, engine = self.train_state, self.engine
         batch_size = self.ramp(st.step)
         if batch_size != engine.train_batch_size():
             engine.set_train_batch_size(batch_size)
-        micro_batches = engine.gradient_accumulation_steps()
+        try:
+            return [next(loader) for _ in range(engine.gradient_accumulation_steps())]
+        except StopIteration:
+            raise RuntimeError(f"training data ran out at step {st.step} (consumed {st.consumed_samples} "
+                               f"samples); the dataset was built for {self.total_train_samples}") from None
+
+    def accumulate_gradients(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """Forward + backward of one global batch; the gradients are then final (all-reduced
+        over DP) and the last ``engine.step()`` is the caller's. See the module docstring for
+        the per-token scaling. Returns the global batch's loss sum, labelled and padding tokens."""
+        engine = self.engine
+        labelled = sum(int((b["labels"] != -100).sum()) for b in micro_batches)
+        padding = sum(int((b["document_ids"] == -1).sum()) for b in micro_batches if "document_ids" in b)
+        labelled, padding = self._dp_sum([labelled, padding])
+        scale = self.dp_size / max(labelled, 1)
+        loss_sum = 0.0
+        for i, batch in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            engine.set_gradient_accumulation_boundary(last)
+            out = engine(**self._inputs(batch))
+            engine.backward(out.loss_sum * scale, scale_wrt_gas=False)
+            loss_sum += float(out.loss_sum.detach())
+            if not last:
+                engine.step()  # bookkeeping only: not a boundary
+        (loss_sum,) = self._dp_sum([loss_sum])
+        return {"loss_sum": loss_sum, "labelled": int(labelled), "padding": int(padding)}
+
+    def _train_step(self, loader) -> dict[str, Any]:
+        st, engine = self.train_state, self.engine
         start = time.perf_counter()
-        losses = []
-        for i in range(micro_batches):
-            try:
-                batch = next(loader)
-            except StopIteration:
-                raise RuntimeError(f"training data ran out at step {st.step} (consumed {st.consumed_samples} "
-                                   f"samples); the dataset was built for {self.total_train_samples}") from None
-            engine.set_gradient_accumulation_boundary(i == micro_batches - 1)
-            loss = engine(**self._inputs(batch)).loss
-            engine.backward(loss)
-            if i == micro_batches - 1 and engine.zero_optimization_stage() == 0:
-                norm = grad_norm(engine.module.parameters()).item()  # DeepSpeed keeps no norm without ZeRO
-            engine.step()
-            losses.append(loss)
+        micro_batches = self.next_micro_batches(loader)
+        batch_size = engine.train_batch_size()
+        totals = self.accumulate_gradients(micro_batches)
+        norm = None
+        if engine.zero_optimization_stage() == 0:  # DeepSpeed keeps no norm without ZeRO
+            norm = grad_norm(engine.module.parameters()).item()
+        engine.step()
         if engine.zero_optimization_stage() > 0:
             norm = engine.get_global_grad_norm()
         lr = engine.get_lr()[0]
         st.step += 1
         st.consumed_samples += batch_size
-        st.tokens_seen += batch_size * self.seq_length
-        return {"split": "train", "step": st.step, "loss": self._dp_mean(losses), "lr": lr,
-                "grad_norm": None if norm is None else float(norm), "global_batch_size": batch_size,
+        st.tokens_seen += totals["labelled"]
+        return {"split": "train", "step": st.step, "loss": totals["loss_sum"] / max(totals["labelled"], 1),
+                "lr": lr, "grad_norm": None if norm is None else float(norm), "global_batch_size": batch_size,
+                "labelled_tokens": totals["labelled"],
+                "padding_fraction": totals["padding"] / (batch_size * self.seq_length),
                 "samples_seen": st.consumed_samples, "tokens_seen": st.tokens_seen,
                 "step_time_s": time.perf_counter() - start}
+
+
+def log_line(record: dict[str, Any], train_steps: int) -> str:
+    """One human-readable line for a training metrics record."""
+    parts = [f"step {record['step']}/{train_steps}", f"loss {record['loss']:.4f}", f"lr {record['lr']:.3e}"]
+    if record.get("grad_norm") is not None:
+        parts.append(f"grad_norm {record['grad_norm']:.3f}")
+    parts.append(f"{record['tokens_per_s']:,.0f} tokens/s")
+    if "mfu" in record:
+        parts.append(f"MFU {100 * record['mfu']:.1f}%")
+    parts += [f"{record['step_time_s']:.2f} s/step", f"padding {100 * record['padding_fraction']:.1f}%"]
+    return " | ".join(parts)
 
 
 def _default_single_process_env() -> None:

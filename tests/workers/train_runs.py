@@ -8,6 +8,9 @@ with ``--save-model`` also "weights" (the trained model's TP-gathered, unpadded 
 `pretrained.full_state_dict`), "probe_ids" (a fixed [2, 16] batch) and "logits" (its
 gathered [2, 16, V] logits).
 Not for ZeRO-3 runs (their module parameters are partitioned away).
+
+``--first-step-grads``: instead of training, accumulate the first global batch and save
+{"grads": name -> gradient (all-reduced over DP), "loss": the step's loss} (ZeRO-0, TP=1).
 """
 
 import argparse
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from megacompress.models.gpt import gather_logits
+from megacompress.models.outputs import gather_logits
 from megacompress.models.pretrained import full_state_dict
 from megacompress.training.config import load_config
 from megacompress.training.trainer import Trainer
@@ -32,6 +35,13 @@ def split(spec: str) -> list[str]:
     return [s for s in spec.split(";") if s]
 
 
+def first_step_grads(trainer: Trainer) -> dict:
+    loader = iter(trainer._loader(trainer.train_data, trainer.total_train_samples, 0, trainer.ramp))
+    totals = trainer.accumulate_gradients(trainer.next_micro_batches(loader))
+    grads = {n: p.grad.detach().clone() for n, p in trainer.engine.module.named_parameters()}
+    return {"grads": grads, "loss": totals["loss_sum"] / totals["labelled"], "labelled": totals["labelled"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -39,6 +49,7 @@ def main() -> None:
     parser.add_argument("--job", action="append", required=True, help="NAME=k=v;k=v")
     parser.add_argument("--stop-at-step", type=int, default=0)
     parser.add_argument("--save-model", action="store_true", help="also save gathered weights and probe logits")
+    parser.add_argument("--first-step-grads", action="store_true", help="save the first step's gradients only")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -47,6 +58,11 @@ def main() -> None:
         name, _, spec = run.partition("=")
         config = load_config(None, split(args.common) + split(spec))
         trainer = Trainer(config, stop_at_step=args.stop_at_step)
+        if args.first_step_grads:
+            torch.save(first_step_grads(trainer), out / f"{name}.rank{rank}.pt")
+            del trainer
+            gc.collect()
+            continue
         result = trainer.train()
         record = {"steps": [r["step"] for r in result.history],
                   "losses": [r["loss"] for r in result.history],
