@@ -7,8 +7,9 @@ Run it under a launcher that sets RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT
         --set schedule.train_steps=200 --set optimizer.lr=3e-4
 
 Exit status: 0 when training finished (or stopped at ``--stop-at-step``), `EXIT_REQUEUE`
-(75) after SIGTERM/SIGUSR2 made it save a checkpoint and stop; resuming is automatic
-(``checkpoint.resume``: the next run loads ``CHECKPOINT_DIR/latest``).
+(75) after SIGTERM/SIGUSR2 made it save a checkpoint and stop (resuming is automatic:
+``checkpoint.resume`` loads ``CHECKPOINT_DIR/latest``), 2 for a user error (bad config,
+missing data, a checkpoint that does not fit), printed as one ``error: ...`` line.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from megacompress import cli
 from megacompress.training.config import load_config
 from megacompress.training.signals import EXIT_REQUEUE
 
@@ -24,7 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m megacompress.train", description=__doc__.split("\n\n")[0],
         epilog=f"Exit codes: 0 finished / stopped; {EXIT_REQUEUE} checkpointed after SIGTERM or SIGUSR2 "
-               "(requeue and rerun the same command to resume). See docs/training.md.")
+               "(requeue and rerun the same command to resume); 2 a user error. See docs/training.md.")
     parser.add_argument("--config", help="YAML training config (e.g. configs/tiny_gpt.yaml); "
                                          "defaults are used for missing keys")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -33,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="save a checkpoint and exit 0 once K optimizer steps are done "
                              "(the schedule still spans schedule.train_steps)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    cli.add_debug_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -51,4 +54,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -31,7 +31,7 @@ import numpy as np
 
 from megacompress.data.blended import BlendedDataset, blend_counts
 from megacompress.data.index_cache import load_or_build, shard_digest
-from megacompress.data.indexed import IndexedDataset, bin_path
+from megacompress.data.indexed import IndexedDataset, bin_path, require_shard
 from megacompress.data.registry import DATASET_KINDS, DataConfigError, dataset_kind  # noqa: F401 (re-exported)
 from megacompress.data.tokenizers import Tokenizer
 
@@ -182,6 +182,8 @@ def build_datasets(config: DataConfig, tokenizer: Tokenizer, seq_length: int,
     if len(num_samples) != 3:
         raise DataConfigError(f"num_samples must give (train, valid, test) counts, got {list(num_samples)}")
     shards = parse_data_path(config.data_path)
+    for prefix, _ in shards:  # every missing shard is named before anything is built
+        require_shard(prefix)
     cache_dir = config.cache_dir or _default_cache_dir(shards[0][0])
     metas = {prefix: shard_meta(prefix, tokenizer, cache_dir) for prefix, _ in shards}
     ranges = {prefix: split_ranges(config.split, len(IndexedDataset(prefix))) for prefix, _ in shards}

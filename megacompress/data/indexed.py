@@ -72,6 +72,18 @@ def shard_exists(prefix: str) -> bool:
     return os.path.isfile(bin_path(prefix)) and os.path.isfile(idx_path(prefix))
 
 
+def require_shard(prefix: str) -> None:
+    """`ShardError` "shard not found: PREFIX" (with the missing files and how to make it)."""
+    missing = [p for p in (bin_path(prefix), idx_path(prefix)) if not os.path.isfile(p)]
+    if not missing:
+        return
+    stem, _, key = str(prefix).rpartition("_")[0].rpartition("_")
+    hint = (f"python tools/preprocess_data.py --input FILES --output-prefix {stem} --json-keys {key}"
+            if str(prefix).endswith("_document") and stem else
+            "python tools/preprocess_data.py --input FILES --output-prefix OUT (it writes OUT_text_document)")
+    raise ShardError(f"shard not found: {prefix} (no {', '.join(missing)}); make it with {hint}")
+
+
 def best_dtype(vocab_size: int) -> np.dtype:
     """Smallest dtype for token ids below ``vocab_size`` (Megatron's rule: uint16 below 65500)."""
     return np.dtype(np.uint16) if vocab_size < 65500 else np.dtype(np.int32)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import time
@@ -163,6 +164,14 @@ def run_defining(train_config: dict[str, Any], allowed=()) -> dict[str, Any]:
     """The `RUN_KEYS` entries of ``train_config`` (dotted), less locations and ``allowed``."""
     return {k: v for k, v in flatten_config(train_config).items()
             if covered(k, RUN_KEYS) and not covered(k, (*LOCATION_KEYS, *allowed))}
+
+
+def _load_rng(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, weights_only=True)  # our own format: nothing to unpickle
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: not a megacompress RNG state (written by an older version?): "
+                              f"{str(exc).splitlines()[0]}") from None
 
 
 def _with_defaults(model_config: dict[str, Any]) -> dict[str, Any]:
@@ -331,7 +340,7 @@ class CheckpointManager:
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load checkpoint {ckpt_dir}")
         rng_path = ckpt_dir / rng_file(_rank())
-        rng = {} if universal or not rng_path.exists() else torch.load(rng_path, weights_only=False)
+        rng = {} if universal or not rng_path.exists() else _load_rng(rng_path)
         return TrainState(**manifest["train_state"]), rng
 
 

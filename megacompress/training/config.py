@@ -25,6 +25,7 @@ import dataclasses
 import difflib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,13 +42,19 @@ class TrainConfigError(ValueError):
 
 @dataclass
 class ModelSection:
-    """``preset`` names a `ModelConfig` preset; ``overrides`` replace individual fields of it."""
+    """``preset`` names a `ModelConfig` preset; ``overrides`` replace individual fields of it.
+    ``init_from``: a ``save_pretrained`` directory whose weights start the run (fine-tuning,
+    e.g. a gist model from ``python -m megacompress.gist init``); empty = seeded random init."""
 
     preset: str = "tiny"
     overrides: dict[str, Any] = field(default_factory=dict)
+    init_from: str = ""
 
     def build(self) -> ModelConfig:
         return ModelConfig.from_preset(self.preset, **self.overrides)
+
+
+MODEL_SECTION_KEYS = ("preset", "init_from")  # model-section keys that are not ModelConfig fields
 
 
 @dataclass
@@ -167,14 +174,20 @@ class TrainConfig:
         """Plain nested dict in the YAML layout (``model`` flattened to preset + fields)."""
         out = dataclasses.asdict(self)
         out["model"] = {"preset": self.model.preset, **self.model.overrides}
+        if self.model.init_from:
+            out["model"]["init_from"] = self.model.init_from
         return out
 
     def validate(self) -> None:
         """Cross-field checks that need no process group (DP-dependent ones are in ds_config)."""
         s, o = self.schedule, self.optimizer
+        if s.warmup_steps > s.train_steps > 0:  # e.g. a short --set schedule.train_steps=5 run of a config
+            warnings.warn(f"schedule.warmup_steps={s.warmup_steps} is longer than schedule.train_steps="
+                          f"{s.train_steps}: warmup clamped to {s.train_steps} steps")
+            s.warmup_steps = s.train_steps
         checks = [
             (s.train_steps > 0, "schedule.train_steps must be > 0"),
-            (0 <= s.warmup_steps <= s.train_steps, "schedule.warmup_steps must be in [0, train_steps]"),
+            (s.warmup_steps >= 0, "schedule.warmup_steps must be >= 0"),
             (s.decay in ("linear", "cosine", "constant"), "schedule.decay must be linear, cosine or constant"),
             (s.micro_batch_size > 0, "schedule.micro_batch_size must be > 0"),
             (s.global_batch_size >= s.micro_batch_size, "schedule.global_batch_size must be >= micro_batch_size"),
@@ -215,7 +228,7 @@ def _dotted_keys(cls: type, prefix: str = "") -> list[str]:
     keys = []
     for name, annotation in typing.get_type_hints(cls).items():
         if annotation is ModelSection:
-            keys += [f"model.{n}" for n in ["preset", *typing.get_type_hints(ModelConfig)]]
+            keys += [f"model.{n}" for n in [*MODEL_SECTION_KEYS, *typing.get_type_hints(ModelConfig)]]
         elif dataclasses.is_dataclass(annotation):
             keys += _dotted_keys(annotation, f"{prefix}{name}.")
         else:
@@ -285,14 +298,15 @@ def _build_model(data: dict[str, Any]) -> ModelSection:
     if not isinstance(data, dict):
         raise TrainConfigError(f"config section 'model' must be a mapping, got {data!r}")
     hints = typing.get_type_hints(ModelConfig)
-    known = ["preset", *hints]
+    known = [*MODEL_SECTION_KEYS, *hints]
     overrides = {}
     for key, value in data.items():
         if key not in known:
             raise _unknown(f"model.{key}", [f"model.{k}" for k in known])
-        if key != "preset":
+        if key not in MODEL_SECTION_KEYS:
             overrides[key] = convert(value, hints[key], f"model.{key}")
-    return ModelSection(preset=str(data.get("preset", ModelSection.preset)), overrides=overrides)
+    return ModelSection(preset=str(data.get("preset", ModelSection.preset)), overrides=overrides,
+                        init_from=str(data.get("init_from") or ""))
 
 
 def from_dict(data: dict[str, Any]) -> TrainConfig:

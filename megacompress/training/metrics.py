@@ -10,17 +10,30 @@ ranks, since the previous line), ``step_time_s``, ``memory_rss_gb`` (this proces
 GPU ``memory_cuda_max_gb`` and ``mfu`` (model FLOPs utilisation, from
 ``megacompress.models.flops.flops_per_token`` and the GPU's peak bf16 FLOP/s).
 Validation lines (``"split": "valid"``) have ``step``, ``loss`` (per labelled token over
-all evaluation batches and DP ranks) and ``ppl``.
+all evaluation batches and DP ranks) and ``ppl``. A resumed run first writes
+``{"split": "event", "event": "resume", "step", "checkpoint"}``, so steps replayed after a
+requeue can be told apart. Every line has ``time`` (Unix seconds).
+
+A train line's ``loss`` is the mean per labelled token over the ``log_interval_steps`` steps
+since the previous line (``step_loss`` is the last step's alone).
+
+Besides ``metrics.jsonl`` the run directory keeps ``config.yaml`` (the resolved config) and
+``train.log`` (everything the trainer printed: banner, log lines, validation, checkpoints).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 import torch
+import yaml
+
+from megacompress.atomic import write_text_atomic
+from megacompress.training.config import TrainConfigError
 
 # Dense bf16 peak FLOP/s per device, by name substring (for the MFU estimate only).
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40": 181e12, "A10": 125e12, "V100": 125e12}
@@ -51,25 +64,25 @@ class MetricsLogger:
     def __init__(self, run_dir: str | Path, *, enabled: bool, tensorboard: bool = False):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
-        self._file = None
+        self._file = self._console = None
         self._tb = None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a")
+        self._console = open(self.path.parent / "train.log", "a")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                print("[megacompress] logging.tensorboard=true but tensorboard is not installed; "
-                      "writing metrics.jsonl only", flush=True)
-            else:
-                self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+                raise TrainConfigError("logging.tensorboard=true needs the tensorboard package: "
+                                       "pip install 'megacompress[tensorboard]'") from None
+            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self._file.write(json.dumps(record, sort_keys=True) + "\n")
+        self._file.write(json.dumps({**record, "time": time.time()}, sort_keys=True) + "\n")
         self._file.flush()
         if self._tb is not None:
             split = record.get("split", "train")
@@ -77,7 +90,22 @@ class MetricsLogger:
                 if isinstance(value, (int, float)) and key != "step":
                     self._tb.add_scalar(f"{split}/{key}", value, record["step"])
 
+    def say(self, text: str) -> None:
+        """Print ``text`` for the person watching and append it to ``train.log`` (rank 0)."""
+        if not self.enabled:
+            return
+        print(text, flush=True)
+        self._console.write(text + "\n")
+        self._console.flush()
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        """``RUN_DIR/config.yaml``: the resolved config this run uses (rank 0, atomic)."""
+        if self.enabled:
+            write_text_atomic(self.path.parent / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
     def close(self) -> None:
+        if self._console is not None:
+            self._console.close()
         if self._file is not None:
             self._file.close()
         if self._tb is not None:

@@ -43,6 +43,7 @@ from megacompress.data.tokenizers import build_tokenizer
 from megacompress.models.flops import count_parameters, flops_per_token
 from megacompress.models.config import ConfigError
 from megacompress.models.registry import build_model, select_inputs
+from megacompress.models.pretrained import load_weights
 from megacompress.parallel import state
 from megacompress.parallel.grads import grad_norm
 from megacompress.progress import is_interactive, progress
@@ -106,6 +107,8 @@ class Trainer:
         self.model_config.validate(state.get_tensor_parallel_world_size())
         self.seq_length = self.model_config.max_seq_len
         model = build_model(self.model_config, seed=config.seed)
+        if config.model.init_from:  # fine-tuning; a resumed run then loads its checkpoint over it
+            load_weights(model, config.model.init_from)
         opt = config.optimizer
         optimizer = torch.optim.AdamW(parameter_groups(model, opt.weight_decay), lr=opt.lr,
                                       betas=(opt.beta1, opt.beta2), eps=opt.eps)
@@ -132,6 +135,7 @@ class Trainer:
         self.train_data, self.valid_data = self._build_datasets(tokenizer)
         self._check_batch_keys()
         self.metrics = MetricsLogger(config.run_dir, enabled=self.is_main, tensorboard=config.logging.tensorboard)
+        self.metrics.write_config(config.to_dict())
         self.flops_per_token = flops_per_token(self.model_config, self.seq_length)
         self.peak_flops = peak_flops()
         self.history: list[dict[str, Any]] = []
@@ -250,8 +254,9 @@ class Trainer:
     def _log_eval(self) -> float | None:
         loss = self.evaluate()
         if loss is not None:
-            self.metrics.log({"split": "valid", "step": self.train_state.step, "loss": loss,
-                              "ppl": float(torch.tensor(loss).exp())})
+            step = self.train_state.step
+            self.metrics.log({"split": "valid", "step": step, "loss": loss, "ppl": float(torch.tensor(loss).exp())})
+            self.metrics.say(f"validation loss {loss:.4f} (ppl {float(torch.tensor(loss).exp()):.2f}) at step {step}")
         return loss
 
     # ------------------------------------------------------------------ train
@@ -262,29 +267,25 @@ class Trainer:
 
     def train(self) -> TrainResult:
         cfg, s, st = self.config, self.config.schedule, self.train_state
-        if self.is_main:
-            print(self.banner(), flush=True)
+        self.metrics.say(self.banner())
+        if self.resumed_from:  # replayed steps after a requeue are told apart by this line
+            self.metrics.log({"split": "event", "event": "resume", "step": st.step, "checkpoint": self.resumed_from})
         loader = iter(self._loader(self.train_data, self.total_train_samples, st.consumed_samples, self.ramp))
         stop = StopSignal()
         # A bar on a terminal; in a log file one plain line per log interval instead.
         show_bar = self.is_main and cfg.logging.progress_bar and is_interactive()
         bar = progress(total=s.train_steps, initial=st.step, desc="train", unit="step", enabled=show_bar)
         last_saved, reason = None, "finished"
-        window_tokens, window_start = 0, time.perf_counter()
+        window = LogWindow()
         try:
             while st.step < s.train_steps:
                 record = self._train_step(loader)
-                window_tokens += record["global_batch_size"] * self.seq_length
+                window.add(record, self.seq_length)
                 if st.step % cfg.logging.log_interval == 0 or st.step == s.train_steps:
-                    elapsed = time.perf_counter() - window_start
-                    record.update(tokens_per_s=window_tokens / elapsed, **memory_stats())
-                    if self.peak_flops:
-                        record["mfu"] = self.flops_per_token * record["tokens_per_s"] / (
-                            self.peak_flops * state.get_world_size())
-                    self.metrics.log(record)
-                    if self.is_main and not show_bar:
-                        print(log_line(record, s.train_steps), flush=True)
-                    window_tokens, window_start = 0, time.perf_counter()
+                    line = window.flush(record, self.flops_per_token, self.peak_flops, state.get_world_size())
+                    self.metrics.log(line)
+                    if not show_bar:
+                        self.metrics.say(log_line(line, s.train_steps))
                 self.history.append(record)
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
@@ -302,13 +303,13 @@ class Trainer:
             bar.close()
             stop.restore()
         if reason == "finished":
-            valid = self._log_eval()
-            if self.is_main and valid is not None:
-                print(f"validation loss {valid:.4f} at step {st.step}", flush=True)
+            self._log_eval()
         if st.step == self.start_step and self.resumed_from:
             last_saved = self.resumed_from  # nothing new to save
         elif last_saved is None or not last_saved.endswith(f"global_step{st.step}"):
             last_saved = self.save()
+        if reason != "finished":
+            self.metrics.say(f"checkpoint saved at step {st.step} ({last_saved}); rerun the same command to resume")
         if self.is_main:
             _write_exit_status(cfg.run_dir, reason, st.step, last_saved, stop.received)
         self.metrics.close()
@@ -369,6 +370,30 @@ class Trainer:
                 "padding_fraction": totals["padding"] / (batch_size * self.seq_length),
                 "samples_seen": st.consumed_samples, "tokens_seen": st.tokens_seen,
                 "step_time_s": time.perf_counter() - start}
+
+
+class LogWindow:
+    """Sums over the steps since the last metrics line (the line reports their means)."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.positions = self.loss_sum = self.labelled = self.steps = 0
+
+    def add(self, record: dict[str, Any], seq_length: int) -> None:
+        self.positions += record["global_batch_size"] * seq_length
+        self.loss_sum += record["loss"] * record["labelled_tokens"]
+        self.labelled += record["labelled_tokens"]
+        self.steps += 1
+
+    def flush(self, record: dict[str, Any], flops_per_token: float, peak: float | None, world: int) -> dict:
+        """The metrics line for ``record`` (the window's last step); starts a new window."""
+        elapsed = time.perf_counter() - self.start
+        line = {**record, "step_loss": record["loss"], "loss": self.loss_sum / max(self.labelled, 1),
+                "log_interval_steps": self.steps, "tokens_per_s": self.positions / elapsed, **memory_stats()}
+        if peak:
+            line["mfu"] = flops_per_token * line["tokens_per_s"] / (peak * world)
+        self.__init__()
+        return line
 
 
 def log_line(record: dict[str, Any], train_steps: int) -> str:

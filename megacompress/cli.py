@@ -1,0 +1,80 @@
+"""What every command-line entry point shares: one-line errors, quiet warnings, ``--debug``.
+
+``raise SystemExit(cli.run(main))`` runs ``main(argv) -> int`` and turns a *user error*
+(a bad config key or value, a missing or corrupt file, a mismatched tokenizer or
+checkpoint: the exception classes in `user_errors`) into one ``error: ...`` line on
+stderr and exit status 2 — printed by global rank 0 only, so a torchrun job shows it once.
+Anything else is a bug and keeps its traceback. ``--debug`` (or ``MEGACOMPRESS_DEBUG=1``)
+shows the traceback of user errors too.
+
+Warnings are printed as ``warning: ...`` lines, once each, by rank 0 only; other ranks are
+silent (eight ranks repeating DeepSpeed's and torch's notices bury the real output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable
+
+EXIT_USAGE = 2
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks for errors (default: one 'error: ...' line)")
+
+
+def is_rank_zero() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the input is wrong, not the code (imported lazily: cheap --help)."""
+    from megacompress.data.indexed import ShardError
+    from megacompress.data.registry import DataConfigError
+    from megacompress.data.sentences import SentenceModelError
+    from megacompress.models.config import ConfigError
+    from megacompress.training.checkpoint import CheckpointError
+    from megacompress.training.config import TrainConfigError
+
+    return (ConfigError, TrainConfigError, DataConfigError, ShardError, SentenceModelError, CheckpointError,
+            FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
+def quiet_warnings() -> None:
+    """Rank 0: each warning once, as one line; other ranks: none."""
+    import torch
+
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"  # what DeepSpeed picks anyway, minus its notice
+    warnings.formatwarning = _one_line_warning
+    if is_rank_zero():
+        warnings.simplefilter("once")
+    else:
+        warnings.simplefilter("ignore")
+        logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
+
+
+def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("MEGACOMPRESS_DEBUG") == "1"
+    quiet_warnings()
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug or not isinstance(exc, user_errors()):
+            raise
+        if is_rank_zero():
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
