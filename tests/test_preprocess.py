@@ -183,14 +183,32 @@ def test_valid_split_with_the_train_sentence_model(tmp_path):
     (json.dumps({"format": "megacompress-punkt", "version": 1, "abbrev_types": "mr", "collocations": [],
                  "sent_starters": [], "ortho_context": {}}), '"abbrev_types" must be a list of strings'),
 ])
-def test_invalid_sentence_model_is_a_clear_error(tmp_path, content, message):
+def test_invalid_sentence_model_is_a_clear_error(tmp_path, capsys, content, message):
     (tmp_path / "in.jsonl").write_text(json.dumps({"text": "One. Two."}) + "\n")
     bad = tmp_path / "bad.sentences.json"
     bad.write_text(content)
-    with pytest.raises(SystemExit, match=re.escape(f"{bad}: {message}")):
+    with pytest.raises(SystemExit) as info:
         main(["--input", str(tmp_path / "in.jsonl"), "--output-prefix", str(tmp_path / "out"), "--tokenizer", "bytes",
               "--split-sentences", "--sentence-model", str(bad)])
+    assert info.value.code == 2 and f"error: {bad}: {message}" in capsys.readouterr().err
     assert not list(tmp_path.glob("out*"))
+
+
+@pytest.mark.parametrize("records", ["", json.dumps({"title": "no text key"}) + "\n"])
+def test_zero_documents_is_an_error_and_leaves_no_shard(tmp_path, capsys, records):
+    (tmp_path / "in.jsonl").write_text(records)
+    with pytest.raises(SystemExit) as info:
+        main(["--input", str(tmp_path / "in.jsonl"), "--output-prefix", str(tmp_path / "out"), "--tokenizer", "bytes"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "error: no document written, so no shard was kept" in err
+    assert f"missing_key {1 if records else 0}" in err and "done: 0 documents" in err
+    assert not list(tmp_path.glob("out*"))
+
+
+def test_a_directory_as_input_is_named_as_such(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--input", str(tmp_path), "--output-prefix", str(tmp_path / "out")])
+    assert f"{tmp_path}: is a directory; give its files or a glob such as" in capsys.readouterr().err
 
 
 def test_txt_is_one_document_per_file_and_sentencepiece(tmp_path):
@@ -210,5 +228,5 @@ def test_cli_help_and_missing_input(tmp_path):
     env_cmd = [sys.executable, str(REPO_ROOT / "tools/preprocess_data.py")]
     assert "--split-sentences" in subprocess.run(env_cmd + ["--help"], capture_output=True, text=True, check=True).stdout
     res = subprocess.run(env_cmd + ["--input", str(tmp_path / "nope*.jsonl"), "--output-prefix", str(tmp_path / "o")], capture_output=True, text=True)
-    assert res.returncode != 0 and "nope*.jsonl: glob matches no file" in res.stderr
+    assert res.returncode == 2 and "nope*.jsonl: glob matches no file" in res.stderr
     assert list(tmp_path.iterdir()) == []

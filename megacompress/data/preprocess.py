@@ -39,6 +39,7 @@ import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field as dc_field
+from pathlib import Path
 
 import numpy as np
 
@@ -350,6 +351,10 @@ def preprocess(cfg: PreprocessConfig) -> dict:
 
     seconds = time.perf_counter() - t0
     summary = _summary(cfg, files, stats, total_bytes, seconds, trained_chars)
+    if not stats[f"{cfg.json_keys[0]}/documents"]:  # every key has the same count (aligned)
+        _remove_shards(cfg)
+        raise readers.InputError(f"no document written, so no shard was kept ({', '.join(files)}: "
+                                 + _format_summary(summary).replace("\n", "; ") + ")")
     for key in cfg.json_keys:
         prefix = shard_prefix(cfg.output_prefix, key)
         if model_json is not None:
@@ -414,6 +419,14 @@ def _remove_partitions(cfg: PreprocessConfig, part_prefixes: list[dict[str, str]
                         os.remove(name + suffix + ext)
                     except FileNotFoundError:
                         pass
+
+
+def _remove_shards(cfg: PreprocessConfig) -> None:
+    """Delete the finished (meta-less) shards of a run that wrote nothing, so none looks usable."""
+    for key in cfg.json_keys:
+        prefix = shard_prefix(cfg.output_prefix, key)
+        for suffix in (".bin", ".idx", ".eos.bin", ".eos.idx"):
+            Path(prefix + suffix).unlink(missing_ok=True)
 
 
 def _summary(cfg, files, stats: Counter, total_bytes: int, seconds: float, trained_chars: int) -> dict:
@@ -488,7 +501,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         summary = preprocess(cfg)
     except (readers.InputError, ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(_format_summary(summary))
     return summary
 

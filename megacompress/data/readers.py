@@ -53,6 +53,9 @@ def expand_inputs(patterns: list[str]) -> list[str]:
                 raise InputError(f"{pattern}: glob matches no file")
         elif os.path.isfile(pattern):
             matches = [pattern]
+        elif os.path.isdir(pattern):
+            raise InputError(f"{pattern}: is a directory; give its files or a glob such as "
+                             f"'{os.path.join(pattern, '*.jsonl')}'")
         else:
             raise InputError(f"{pattern}: input file does not exist")
         for path in matches:
