@@ -16,11 +16,41 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable
 
 EXIT_USAGE = 2
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions keep their line breaks; a flag's help shows its default when it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" not in text and action.default not in (None, False, [], "", argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
+def plain(text: str) -> str:
+    """Docstring text for a terminal: reStructuredText ``literals``, `references` and ``::`` unmarked."""
+    text = re.sub(r"``([^`]+)``|`([^`]+)`", lambda m: m.group(1) or m.group(2), text)
+    return re.sub(r"::$", ":", text, flags=re.M)
+
+
+def parser(module: str, doc: str, *, script: str | None = None, epilog: str | None = None
+           ) -> argparse.ArgumentParser:
+    """The project's argument parser: the ``prog`` the user actually typed (``python tools/X.py``
+    when run through that wrapper, else ``python -m MODULE``), the docstring as plain text,
+    defaults in every flag's help, and ``--debug``."""
+    invoked = sys.argv[0].replace(os.sep, "/") if sys.argv else ""
+    prog = f"python {script}" if script and invoked.endswith(script) else f"python -m {module}"
+    result = argparse.ArgumentParser(prog=prog, description=plain(doc.strip()), epilog=epilog and plain(epilog),
+                                     formatter_class=HelpFormatter)
+    add_debug_flag(result)
+    return result
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:

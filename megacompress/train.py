@@ -1,4 +1,4 @@
-"""``python -m megacompress.train``: train a GPT with DeepSpeed ZeRO from a YAML config.
+"""``python -m megacompress.train``: train a model (any registered architecture) with DeepSpeed ZeRO from a YAML config.
 
 Run it under a launcher that sets RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT
 (torchrun, the deepspeed launcher, SLURM via launchers/), or plainly for one process::
@@ -23,10 +23,9 @@ from megacompress.training.signals import EXIT_REQUEUE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m megacompress.train", description=__doc__.split("\n\n")[0],
-        epilog=f"Exit codes: 0 finished / stopped; {EXIT_REQUEUE} checkpointed after SIGTERM or SIGUSR2 "
-               "(requeue and rerun the same command to resume); 2 a user error. See docs/training.md.")
+    parser = cli.parser("megacompress.train", __doc__.split("Exit status")[0], epilog=(
+        f"Exit codes: 0 finished / stopped; {EXIT_REQUEUE} checkpointed after SIGTERM or SIGUSR2 "
+        "(requeue and rerun the same command to resume); 2 a user error. See docs/training.md."))
     parser.add_argument("--config", help="YAML training config (e.g. configs/tiny_gpt.yaml); "
                                          "defaults are used for missing keys")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -35,7 +34,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="save a checkpoint and exit 0 once K optimizer steps are done "
                              "(the schedule still spans schedule.train_steps)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    cli.add_debug_flag(parser)
     return parser.parse_args(argv)
 
 

@@ -43,7 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
+from megacompress import cli
 from megacompress.atomic import write_text_atomic
+from megacompress.data import partition_merge as pm
 from megacompress.data import readers
 from megacompress.data.indexed import DTYPE_CODES, IndexedDatasetWriter, best_dtype, cast_tokens
 from megacompress.data.tokenizers import TOKENIZER_KINDS, build_tokenizer
@@ -66,6 +68,8 @@ class PreprocessConfig:
     json_keys: list[str] = dc_field(default_factory=lambda: ["text"])
     workers: int = 1
     partitions: int = 1
+    partition_index: int | None = None  # pack only this partition of ``partitions`` (merge later)
+    merge: bool = False  # join the finished partitions of an earlier ``partition_index`` run
     append_eod: bool = False
     split_sentences: bool = False
     dtype: str | None = None  # default: smallest that fits the vocabulary
@@ -266,7 +270,8 @@ class _KeyOutput:
 
 
 def preprocess(cfg: PreprocessConfig) -> dict:
-    """Run the whole pipeline; returns the summary (also written into each meta.json)."""
+    """Run the whole pipeline (or one partition, or the merge); returns the summary (also
+    written into each meta.json)."""
     t0 = time.perf_counter()
     files = readers.expand_inputs(cfg.inputs)
     tok = build_tokenizer(cfg.tokenizer, cfg.tokenizer_model)
@@ -276,20 +281,25 @@ def preprocess(cfg: PreprocessConfig) -> dict:
         raise ValueError("--workers and --partitions must be >= 1")
     if len(set(cfg.json_keys)) != len(cfg.json_keys):
         raise ValueError(f"--json-keys has duplicates: {cfg.json_keys}")
-
-    punkt_params, trained_chars, model_json, model_digest = None, 0, None, None
     if cfg.sentence_model is not None and not cfg.split_sentences:
         raise ValueError("--sentence-model is only used with --split-sentences")
-    if cfg.split_sentences:
-        from megacompress.data.sentences import sentence_model_digest  # NLTK import; only when splitting
+    pm.check_index(cfg.partition_index, cfg.partitions, cfg.merge)
+    if cfg.merge:
+        return _merge(cfg, files, tok, dtype, t0)
 
+    punkt_params, trained_chars, model_json = None, 0, None
+    if cfg.split_sentences:
         splitter, trained_chars = _sentence_splitter(cfg, files)
         model_json = splitter.to_json()  # before any splitting touches the parameters
-        model_digest = sentence_model_digest(model_json)
         punkt_params = splitter.params
 
+    # Partition p of N covers the same input wherever it is packed (an input too small for
+    # N non-empty partitions leaves the last ones empty).
     partitions = readers.plan_partitions(files, cfg.partitions)
-    total_bytes = sum(os.path.getsize(p) for p in files)
+    partitions += [[] for _ in range(cfg.partitions - len(partitions))]
+    todo = range(cfg.partitions) if cfg.partition_index is None else [cfg.partition_index]
+    direct = cfg.partitions == 1  # one partition goes straight into the final shard
+    total_bytes = sum(seg.end - seg.start for p in todo for seg in partitions[p])
     init_args = (cfg.tokenizer, cfg.tokenizer_model, cfg.json_keys, cfg.append_eod, punkt_params, dtype.name)
     _init_worker(*init_args)
     pool = None
@@ -304,64 +314,125 @@ def preprocess(cfg: PreprocessConfig) -> dict:
         )
 
     stats: Counter = Counter()
-    outputs: list[_KeyOutput] = []
-    part_prefixes: list[dict[str, str]] = []
+    started: list[int] = []
     try:
         bar = progress(total=total_bytes, unit="B", unit_scale=True, desc="preprocess")
-        for p, segments in enumerate(partitions):
-            names = {
-                key: shard_prefix(cfg.output_prefix, key)
-                + ("" if len(partitions) == 1 else f".part{p:04d}-of-{len(partitions):04d}")
-                for key in cfg.json_keys
-            }
-            outs = {key: _KeyOutput(name, dtype, cfg.split_sentences) for key, name in names.items()}
-            outputs = list(outs.values())
-            chunks = readers.iter_chunks(segments, cfg.chunk_bytes)
-            results = (
-                _ordered_map(pool, process_chunk, chunks, 2 * cfg.workers)
-                if pool is not None
-                else ((c, process_chunk(c)) for c in chunks)
-            )
-            for chunk, (per_key, chunk_stats) in results:
-                stats.update(chunk_stats)
-                for key, r in per_key.items():
-                    outs[key].write(r)
-                    stats[f"{key}/documents"] += len(r.doc_lengths)
-                    stats[f"{key}/tokens"] += int(r.doc_lengths.sum())
-                    stats[f"{key}/sentences"] += int(r.eos_counts.sum())
-                bar.update(chunk.nbytes)
-            for out in outputs:
-                for w in out.writers():
-                    w.finalize()
-            outputs = []
-            part_prefixes.append(names)
+        for p in todo:
+            started.append(p)
+            part_stats = _pack(cfg, partitions[p], _part_shards(cfg, p, direct), dtype, pool, bar)
+            stats.update(part_stats)
+            if not direct:
+                pm.write_record(cfg.output_prefix, p, cfg.partitions, _settings(cfg, files, tok, dtype),
+                                dict(part_stats), trained_chars, model_json)
         bar.close()
-        if len(partitions) > 1:
-            _merge_partitions(cfg, part_prefixes, dtype)
     except BaseException:
-        for out in outputs:
-            for w in out.writers():
-                w.abort()
-        _remove_partitions(cfg, part_prefixes)
+        if not direct:
+            pm.remove_partitions(cfg.output_prefix, cfg.partitions, started,
+                                 [_part_files(cfg, p) for p in started])
         raise
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
 
-    seconds = time.perf_counter() - t0
-    summary = _summary(cfg, files, stats, total_bytes, seconds, trained_chars)
-    if not stats[f"{cfg.json_keys[0]}/documents"]:  # every key has the same count (aligned)
-        _remove_shards(cfg)
-        raise readers.InputError(f"no document written, so no shard was kept ({', '.join(files)}: "
-                                 + _format_summary(summary).replace("\n", "; ") + ")")
+    if cfg.partition_index is not None:  # one partition of several: --merge writes the shards' meta
+        return _summary(cfg, files, stats, total_bytes, time.perf_counter() - t0, trained_chars)
+    if not direct:
+        return _merge(cfg, files, tok, dtype, t0)
+    summary = _summary(cfg, files, stats, total_bytes, time.perf_counter() - t0, trained_chars)
+    _write_meta(cfg, tok, dtype, files, summary, trained_chars, model_json)
+    return summary
+
+
+def _pack(cfg: PreprocessConfig, segments, names: dict[str, str], dtype, pool, bar) -> Counter:
+    """Tokenize ``segments`` into the shards ``names`` (one per key); returns the counts."""
+    stats: Counter = Counter()
+    outs = {key: _KeyOutput(name, dtype, cfg.split_sentences) for key, name in names.items()}
+    try:
+        chunks = readers.iter_chunks(segments, cfg.chunk_bytes)
+        results = (
+            _ordered_map(pool, process_chunk, chunks, 2 * cfg.workers)
+            if pool is not None
+            else ((c, process_chunk(c)) for c in chunks)
+        )
+        for chunk, (per_key, chunk_stats) in results:
+            stats.update(chunk_stats)
+            for key, r in per_key.items():
+                outs[key].write(r)
+                stats[f"{key}/documents"] += len(r.doc_lengths)
+                stats[f"{key}/tokens"] += int(r.doc_lengths.sum())
+                stats[f"{key}/sentences"] += int(r.eos_counts.sum())
+            bar.update(chunk.nbytes)
+        for out in outs.values():
+            for w in out.writers():
+                w.finalize()
+    except BaseException:
+        for out in outs.values():
+            for w in out.writers():
+                w.abort()
+        raise
+    return stats
+
+
+def _part_shards(cfg: PreprocessConfig, index: int, direct: bool = False) -> dict[str, str]:
+    """Partition ``index``'s shard prefix of every key (the final shards when ``direct``)."""
+    suffix = "" if direct else pm.part_suffix(index, cfg.partitions)
+    return {key: shard_prefix(cfg.output_prefix, key) + suffix for key in cfg.json_keys}
+
+
+def _part_files(cfg: PreprocessConfig, index: int) -> list[str]:
+    """Every shard prefix (main and ``.eos``) partition ``index`` writes."""
+    suffixes = [""] + ([".eos"] if cfg.split_sentences else [])
+    return [name + s for name in _part_shards(cfg, index).values() for s in suffixes]
+
+
+def _settings(cfg: PreprocessConfig, files: list[str], tok, dtype: np.dtype) -> dict:
+    """What makes partitions fit together: a merge refuses one packed with other settings."""
+    return {
+        "tokenizer": tok.name,
+        "tokenizer_fingerprint": tok.fingerprint(),
+        "dtype": dtype.name,
+        "json_keys": cfg.json_keys,
+        "append_eod": cfg.append_eod,
+        "split_sentences": cfg.split_sentences,
+        "sentence_train_chars": cfg.sentence_train_chars if cfg.split_sentences and not cfg.sentence_model else None,
+        "sentence_model": os.path.abspath(cfg.sentence_model) if cfg.sentence_model else None,
+        "inputs": [[os.path.abspath(f), os.path.getsize(f)] for f in files],
+    }
+
+
+def _merge(cfg: PreprocessConfig, files: list[str], tok, dtype: np.dtype, t0: float) -> dict:
+    """Join the finished partitions into the final shards (+ meta.json), then delete them."""
+    count = cfg.partitions
+    records = pm.read_records(cfg.output_prefix, count, _settings(cfg, files, tok, dtype),
+                              [_part_files(cfg, p) for p in range(count)])
+    for key in cfg.json_keys:
+        for suffix in [""] + ([".eos"] if cfg.split_sentences else []):
+            parts = [_part_shards(cfg, p)[key] + suffix for p in range(count)]
+            pm.merge_shards(shard_prefix(cfg.output_prefix, key) + suffix, parts, np.int32 if suffix else dtype)
+    trained_chars, model_json = records[0]["trained_chars"], records[0]["sentence_model"]
+    total_bytes = sum(os.path.getsize(p) for p in files)
+    summary = _summary(cfg, files, Counter(pm.merged_stats(records)), total_bytes, time.perf_counter() - t0,
+                       trained_chars)
+    _write_meta(cfg, tok, dtype, files, summary, trained_chars, model_json)
+    pm.remove_partitions(cfg.output_prefix, count, range(count), [_part_files(cfg, p) for p in range(count)])
+    return summary
+
+
+def _write_meta(cfg: PreprocessConfig, tok, dtype: np.dtype, files: list[str], summary: dict, trained_chars: int,
+                model_json: str | None) -> None:
+    """Every key's ``meta.json`` (and sentence model, when splitting)."""
+    model_digest = None
+    if model_json is not None:
+        from megacompress.data.sentences import sentence_model_digest  # NLTK import; only when splitting
+
+        model_digest = sentence_model_digest(model_json)
     for key in cfg.json_keys:
         prefix = shard_prefix(cfg.output_prefix, key)
         if model_json is not None:
             write_text_atomic(prefix + SENTENCE_MODEL_SUFFIX, model_json)
         meta = _shard_meta(cfg, key, tok, dtype, files, summary, trained_chars, model_digest)
         write_text_atomic(prefix + ".meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return summary
 
 
 def _shard_meta(cfg: PreprocessConfig, key: str, tok, dtype: np.dtype, files: list[str], summary: dict,
@@ -397,38 +468,6 @@ def _shard_meta(cfg: PreprocessConfig, key: str, tok, dtype: np.dtype, files: li
     }
 
 
-def _merge_partitions(cfg: PreprocessConfig, part_prefixes: list[dict[str, str]], dtype) -> None:
-    suffixes = [""] + ([".eos"] if cfg.split_sentences else [])
-    for key in cfg.json_keys:
-        for suffix in suffixes:
-            final = shard_prefix(cfg.output_prefix, key) + suffix
-            with IndexedDatasetWriter(final, np.int32 if suffix else dtype) as w:
-                for names in part_prefixes:
-                    w.merge(names[key] + suffix)
-    _remove_partitions(cfg, part_prefixes)
-
-
-def _remove_partitions(cfg: PreprocessConfig, part_prefixes: list[dict[str, str]]) -> None:
-    if len(part_prefixes) < 2 and not any(".part" in n for names in part_prefixes for n in names.values()):
-        return
-    for names in part_prefixes:
-        for name in names.values():
-            for suffix in ("", ".eos"):
-                for ext in (".bin", ".idx"):
-                    try:
-                        os.remove(name + suffix + ext)
-                    except FileNotFoundError:
-                        pass
-
-
-def _remove_shards(cfg: PreprocessConfig) -> None:
-    """Delete the finished (meta-less) shards of a run that wrote nothing, so none looks usable."""
-    for key in cfg.json_keys:
-        prefix = shard_prefix(cfg.output_prefix, key)
-        for suffix in (".bin", ".idx", ".eos.bin", ".eos.idx"):
-            Path(prefix + suffix).unlink(missing_ok=True)
-
-
 def _summary(cfg, files, stats: Counter, total_bytes: int, seconds: float, trained_chars: int) -> dict:
     keys = {key: {name: stats[f"{key}/{name}"] for name in KEY_COUNTS} for key in cfg.json_keys}
     return {
@@ -460,11 +499,8 @@ def _format_summary(summary: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m megacompress.data.preprocess",
-        description="Tokenize a corpus into Megatron-compatible .bin/.idx shards "
-        "(one per --json-keys key: OUTPUT_PREFIX_{key}_document).",
-    )
+    p = cli.parser("megacompress.data.preprocess", "Tokenize a corpus into Megatron-compatible .bin/.idx shards "
+                   "(one per --json-keys key: OUTPUT_PREFIX_{key}_document).", script="tools/preprocess_data.py")
     p.add_argument("--input", nargs="+", required=True, help="files or globs: .jsonl, .json, .parquet, .txt (one document per .txt file)")
     p.add_argument("--json-keys", nargs="+", default=["text"], help="keys to pack, one output shard each (default: text)")
     p.add_argument("--tokenizer", choices=TOKENIZER_KINDS, default="gpt2", help="tokenizer kind (default: gpt2)")
@@ -472,6 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-prefix", required=True, help="output path prefix")
     p.add_argument("--workers", type=int, default=1, help="tokenizer processes (default: 1)")
     p.add_argument("--partitions", type=int, default=1, help="process the input as N contiguous partitions, then merge (default: 1)")
+    p.add_argument("--partition-index", type=int, metavar="I", help="pack only partition I of --partitions N (one per machine or array task); then run --merge")
+    p.add_argument("--merge", action="store_true", help="join the finished partitions of --partitions N into the final shards (same flags as the partitions)")
     p.add_argument("--append-eod", action="store_true", help="append the end-of-document token to every document")
     p.add_argument("--split-sentences", action="store_true", help="append <|endofsentence|> after every sentence and write the OUTPUT.eos sidecar")
     p.add_argument("--dtype", choices=sorted(d.name for d in DTYPE_CODES.values() if d.kind in "iu"), help="token dtype (default: uint16 if the vocabulary fits, else int32)")
@@ -491,6 +529,8 @@ def main(argv: list[str] | None = None) -> dict:
         json_keys=args.json_keys,
         workers=args.workers,
         partitions=args.partitions,
+        partition_index=args.partition_index,
+        merge=args.merge,
         append_eod=args.append_eod,
         split_sentences=args.split_sentences,
         dtype=args.dtype,
@@ -501,6 +541,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         summary = preprocess(cfg)
     except (readers.InputError, ValueError, FileNotFoundError) as e:
+        if args.debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     print(_format_summary(summary))

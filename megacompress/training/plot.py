@@ -8,7 +8,6 @@ resume are drawn once: the later line for a step wins.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -59,10 +58,9 @@ def plot(runs: list[Path], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python tools/plot_run.py", description=__doc__.split("\n\n")[0])
+    parser = cli.parser("megacompress.training.plot", __doc__.split("\n\n")[0], script="tools/plot_run.py")
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="training run directories")
     parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
-    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     plot(args.runs, args.out)
     print(f"wrote {args.out}")
