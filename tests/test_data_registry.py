@@ -22,7 +22,7 @@ def scratch_registry(monkeypatch):
 
 
 def test_unknown_kind_lists_registered_kinds(tmp_path):
-    with pytest.raises(DataConfigError, match=r"data.kind 'nope': unknown dataset kind; registered kinds: gpt, document"):
+    with pytest.raises(DataConfigError, match=r"data.kind 'nope': unknown dataset kind; registered kinds: gpt, document, "):
         build_datasets(DataConfig(data_path=[str(tmp_path / "x")], kind="nope"), BytesTokenizer(), 8, [1, 0, 0])
 
 

@@ -109,3 +109,11 @@ def _build_document(prefix, meta, config, seq_length, num_samples, document_rang
 
 register_dataset_kind("gpt", _build_gpt, TOKEN_BATCH_KEYS)
 register_dataset_kind("document", _build_document, TOKEN_BATCH_KEYS, SENTENCE_BATCH_KEYS - TOKEN_BATCH_KEYS)
+
+from megacompress.data.instruction_dataset import INSTRUCTION_BATCH_KEYS, build_instruction  # noqa: E402
+
+register_dataset_kind("instruction", build_instruction, INSTRUCTION_BATCH_KEYS)  # gist fine-tuning (SPEC §2)
+
+from megacompress.data.bitstream_dataset import build_bitstream  # noqa: E402
+
+register_dataset_kind("bitstream", build_bitstream, TOKEN_BATCH_KEYS)  # compressed-text tokens (SPEC §3)

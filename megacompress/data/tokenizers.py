@@ -20,9 +20,12 @@ gpt2           GPT-2's 50,257 ids                   50256 50257  50258  50259
 bytes          byte value b -> id b (0..255)        256   257    258    259
 sentencepiece  the model's pieces, then any missing specials appended in the order
                eod, eos, gist (models from :func:`train_sentencepiece` already hold all)
+hf             a ``tokenizer.json`` (imported models)  its eos_token; ``<GIST>`` / ``<|endofsentence|>``
+               if the vocabulary has them (`HFTokenizer`)
 =============  ===================================  ====  =====  =====  ===========
 
-``pad`` is ``eod`` except for a SentencePiece model with its own pad piece.
+``pad`` is ``eod`` except for a SentencePiece model with its own pad piece (and an hf
+tokenizer whose config names a pad token).
 """
 
 from __future__ import annotations
@@ -38,7 +41,10 @@ SPECIAL_NAMES = ("eod", "eos", "gist", "pad")
 EOD_TEXT = "<|endoftext|>"
 EOS_TEXT = "<|endofsentence|>"
 GIST_TEXT = "<GIST>"
-TOKENIZER_KINDS = ("gpt2", "sentencepiece", "bytes")
+TOKENIZER_KINDS = ("gpt2", "sentencepiece", "bytes", "hf")
+# Files of an hf tokenizer (Hugging Face names), next to the weights of an imported model.
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
 
 
 @runtime_checkable
@@ -274,6 +280,83 @@ class SentencePieceTokenizer(_Specials):
         h.update(self._sp.serialized_model_proto())
 
 
+class HFTokenizer(_Specials):
+    """A Hugging Face ``tokenizer.json`` run by the `tokenizers` library (``--tokenizer hf``).
+
+    ``path``: the file, or a directory holding it (an imported model directory). Roles
+    come from ``tokenizer_config.json`` beside it (Hugging Face's keys): ``eod`` =
+    ``eos_token``, ``bos`` = ``bos_token`` (``add_bos_token``: whether prompts start with
+    it, read by the instruction format), ``pad`` = ``pad_token`` or ``eod``; ``gist`` =
+    ``<GIST>`` and ``eos`` = ``<|endofsentence|>`` only when the vocabulary has them
+    (``special_id`` raises ``KeyError`` naming the file otherwise). Special tokens written
+    in the text are encoded as text (``encode`` never produces special ids); decoding is
+    exact for byte-level BPE vocabularies (GPT-2 / Llama-3 / SmolLM style).
+    """
+
+    name = "hf"
+
+    def __init__(self, path: str) -> None:
+        from tokenizers import Tokenizer as _Backend
+
+        json_path = os.path.join(path, TOKENIZER_JSON) if os.path.isdir(path) else path
+        if not os.path.isfile(json_path):
+            raise FileNotFoundError(f"{json_path}: tokenizer.json not found")
+        self.model_path = json_path
+        self._tok = _Backend.from_file(json_path)
+        self._serialized = self._tok.to_str()
+        self._tok.encode_special_tokens = True
+        config_path = os.path.join(os.path.dirname(json_path), TOKENIZER_CONFIG)
+        config = {}
+        if os.path.isfile(config_path):
+            with open(config_path) as f:
+                config = json.load(f)
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self.add_bos = bool(config.get("add_bos_token", False))
+
+        def token_id(value, role: str) -> int | None:
+            text = value.get("content") if isinstance(value, dict) else value  # str or AddedToken dict
+            if text is None:
+                return None
+            tid = self._tok.token_to_id(text)
+            if tid is None:
+                raise ValueError(f"{config_path}: {role} {text!r} is not in the vocabulary of {json_path}")
+            return tid
+
+        eod = token_id(config.get("eos_token"), "eos_token")
+        if eod is None:
+            raise ValueError(f"{config_path}: no eos_token (the end-of-document role) for {json_path}")
+        pad = token_id(config.get("pad_token"), "pad_token")
+        ids = {"eod": eod, "pad": eod if pad is None else pad}
+        for role, text in (("bos", config.get("bos_token")), ("gist", GIST_TEXT), ("eos", EOS_TEXT)):
+            tid = self._tok.token_to_id(text.get("content") if isinstance(text, dict) else text) if text else None
+            if tid is not None:
+                ids[role] = tid
+        self.bos = ids.get("bos")
+        self._init_specials(ids, {i: self._tok.id_to_token(i) for i in ids.values()})
+
+    def special_id(self, name: str) -> int:
+        if name not in self._special_ids and name in (*SPECIAL_NAMES, "bos"):
+            raise KeyError(f"{self.model_path}: the vocabulary has no {name!r} token")
+        return super().special_id(name)
+
+    def encode(self, text: str) -> list[int]:
+        _utf8(text)
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def _vocabulary_digest(self, h) -> None:
+        h.update(self._serialized.encode())
+
+
+def model_tokenizer(model_dir: str) -> Tokenizer:
+    """The tokenizer a model directory carries (``tokenizer.json``, an imported model), else GPT-2."""
+    if os.path.isfile(os.path.join(model_dir, TOKENIZER_JSON)):
+        return HFTokenizer(model_dir)
+    return GPT2Tokenizer()
+
+
 def train_sentencepiece(
     input_files: Sequence[str],
     model_prefix: str,
@@ -322,7 +405,8 @@ def train_sentencepiece(
 
 
 def build_tokenizer(kind: str, model_path: str | None = None) -> Tokenizer:
-    """``kind`` in ``gpt2 | sentencepiece | bytes``; ``model_path`` only for sentencepiece."""
+    """``kind`` in ``gpt2 | sentencepiece | bytes | hf``; ``model_path`` for sentencepiece (.model)
+    and hf (tokenizer.json or its directory)."""
     if kind == "gpt2":
         return GPT2Tokenizer()
     if kind == "bytes":
@@ -331,4 +415,14 @@ def build_tokenizer(kind: str, model_path: str | None = None) -> Tokenizer:
         if model_path is None:
             raise ValueError("the sentencepiece tokenizer needs a model path (--tokenizer-model)")
         return SentencePieceTokenizer(model_path)
+    if kind == "hf":
+        if model_path is None:
+            raise ValueError("the hf tokenizer needs a tokenizer.json path or model directory (--tokenizer-model)")
+        return HFTokenizer(model_path)
+    if kind == "bitstream":  # compressed-text tokens (Equal-Info Windows); model_path = a shard's meta.json
+        from megacompress.compression.tokenizer import BitstreamTokenizer
+
+        if model_path is None:
+            raise ValueError("the bitstream tokenizer needs a bitstream shard's meta.json (tokenizer.model_path)")
+        return BitstreamTokenizer.from_meta_file(model_path)
     raise ValueError(f"unknown tokenizer {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")

@@ -26,6 +26,9 @@
     3. vocabulary tables (``Vp_tp = vocab_size`` padded to a multiple of ``128 * tp`` rows)
        checked to have all-zero padding rows and cut to the TP=1 padded size;
     4. loaded into the TP=1 model (strict: names and shapes) and written by ``save_pretrained``.
+
+``import-hf HF_DIR OUT`` / ``import-gguf FILE.gguf OUT`` / ``export-hf MODEL OUT``
+    Hugging Face Llama and llama.cpp GGUF models in and out (`megacompress.models.model_io_cli`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import torch
 from deepspeed.checkpoint.constants import AUTOTP_UNSUPPORTED_PARAMETER_PATTERNS, UNIVERSAL_CHECKPOINT_INFO
 
 from megacompress.atomic import write_text_atomic
+from megacompress.models.model_io_cli import ConversionError, add_model_commands, run_model_command
 from megacompress.parallel.layers import VocabParallelEmbedding
 from megacompress.progress import progress
 from megacompress.training.checkpoint import MANIFEST, CheckpointError, list_files, read_latest, read_manifest
@@ -60,7 +64,7 @@ def saved_universal_info(tag_dir: Path) -> dict | None:
     files = sorted(tag_dir.glob("*mp_rank_00_model_states.pt"))
     if not files:
         raise CheckpointError(f"{tag_dir} has no *mp_rank_00_model_states.pt file")
-    return torch.load(files[0], map_location="cpu", mmap=True, weights_only=False).get(UNIVERSAL_CHECKPOINT_INFO)
+    return torch.load(files[0], map_location="cpu", mmap=True, weights_only=True).get(UNIVERSAL_CHECKPOINT_INFO)
 
 
 def check_convertible(tag_dir: Path, manifest: dict, info: dict | None) -> None:
@@ -110,7 +114,7 @@ def tensor_parallel_rank_state_dict(tag_dir: Path, tp_rank: int, zero_stage: int
         raise CheckpointError(f"{tag_dir} has no files of TP rank {tp_rank} (*mp_rank_{tp_rank:02d}_*)")
     if zero_stage == 0:
         path = tag_dir / f"mp_rank_{tp_rank:02d}_model_states.pt"
-        module = torch.load(path, map_location="cpu", weights_only=False)["module"]
+        module = torch.load(path, map_location="cpu", weights_only=True)["module"]
         low = sorted({str(v.dtype) for v in module.values() if v.is_floating_point() and v.dtype != torch.float32})
         if low:
             raise CheckpointError(f"{path} holds {', '.join(low)} weights (bf16 training under ZeRO-0): its fp32 "
@@ -194,13 +198,16 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("ckpt_dir", type=Path, help="checkpoint root (holds 'latest' and global_step*/)")
         p.add_argument("out_dir", type=Path, help="output directory")
         p.add_argument("--tag", help="checkpoint tag, e.g. global_step40 (default: the 'latest' file)")
+    add_model_commands(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "to-universal":
             out = to_universal(args.ckpt_dir, args.out_dir, args.tag)
-        else:
+        elif args.command == "export":
             out = export(args.ckpt_dir, args.out_dir, args.tag)
-    except CheckpointError as exc:
+        else:
+            out = run_model_command(args)
+    except (CheckpointError, ConversionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {out}")

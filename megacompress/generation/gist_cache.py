@@ -1,0 +1,166 @@
+"""Gist caches: the K/V of an instruction's gist tokens, computed once, stored, reused.
+
+`compress` runs ``prefix = [bos] "Instruction: ...\\n" <GIST>*k`` (`InstructionFormat.prefix`)
+for a batch of instructions (right-padded; up to the last gist the gist mask is plain
+causal, so the prefix runs document-causal) and keeps, per row and layer, only the K/V
+at the k gist positions: keys already rotated at their original positions
+``prefix_len - k .. prefix_len - 1``. The input that follows continues at position
+``prefix_len``, as if the instruction were still there (`gist_generate`).
+
+On disk a cache is a directory (written as ``DIR.tmp-PID`` and renamed, so it is either
+complete or absent; no pickles, safe to open from anywhere):
+
+* ``gists.safetensors``: ``{key}.k`` and ``{key}.v`` of shape [layers, Hkv, k, D] per
+  instruction (``key`` = sha256 of the instruction text, 32 hex digits);
+* ``index.json``: ``format``, ``model`` (``model_hash`` = sha256 of the model's
+  ``config.json`` + ``model.safetensors``, its path), ``k``, the tokenizer fingerprint,
+  dtype, and per key the instruction, ``prefix_len`` and its token count.
+
+`GistCache.open` refuses a cache made by another model or for another k, naming both.
+Caches are made at tensor-parallel size 1 (the K/V of all heads in one process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from megacompress.data.instruction_dataset import InstructionFormat
+from megacompress.models import pretrained
+
+FORMAT = 1
+INDEX, TENSORS = "index.json", "gists.safetensors"
+
+
+class GistCacheError(ValueError):
+    """A cache that cannot be used here; the message names the cache and the reason."""
+
+
+@dataclass
+class GistEntry:
+    keys: torch.Tensor    # [layers, Hkv, k, D]
+    values: torch.Tensor  # [layers, Hkv, k, D]
+    prefix_len: int       # position after the last gist: where the input continues
+
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
+
+
+def instruction_key(instruction: str) -> str:
+    return hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:32]
+
+
+def model_identity(model_dir: str | os.PathLike) -> str:
+    """sha256 of a model directory's config.json and weights (what a cache was computed by)."""
+    h = hashlib.sha256()
+    for name in (pretrained.CONFIG_NAME, pretrained.WEIGHTS_NAME):
+        with open(Path(model_dir) / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def check_prefix(prefix: list[int], fmt: InstructionFormat, what: str) -> None:
+    """A prompt to compress must end with exactly k gist tokens and have no other gist."""
+    k = fmt.k
+    if prefix[-k:] != [fmt.gist_id] * k or fmt.gist_id in prefix[:-k]:
+        raise GistCacheError(f"{what}: the prompt does not end with its {k} gist token(s) ({fmt.gist_id}); "
+                             "only gist prompts can be compressed")
+
+
+@torch.no_grad()
+def compress(model, fmt: InstructionFormat, instructions: list[str], batch_size: int = 8) -> list[GistEntry]:
+    """Gist K/V of each instruction (model in eval mode, TP size 1)."""
+    if model.config.gist_tokens != fmt.k:
+        raise GistCacheError(f"the model was made for k={model.config.gist_tokens} gist tokens, the format has "
+                             f"k={fmt.k}")
+    entries = []
+    device = model.output_weight.device
+    for start in range(0, len(instructions), batch_size):
+        prefixes = [fmt.prefix(text) for text in instructions[start:start + batch_size]]
+        for text, prefix in zip(instructions[start:], prefixes):
+            check_prefix(prefix, fmt, f"instruction {text[:60]!r}")
+            if len(prefix) >= model.config.max_seq_len:
+                raise GistCacheError(f"instruction {text[:60]!r}: {len(prefix)} tokens with its gists, the model's "
+                                     f"max_seq_len is {model.config.max_seq_len}")
+        longest = max(map(len, prefixes))
+        ids = torch.full((len(prefixes), longest), fmt.tokenizer.special_id("pad"), dtype=torch.long)
+        docs = torch.full_like(ids, -1)
+        for row, prefix in enumerate(prefixes):
+            ids[row, :len(prefix)] = torch.tensor(prefix)
+            docs[row, :len(prefix)] = 0
+        positions = torch.arange(longest).expand_as(ids)
+        cache = model.new_kv_cache(len(prefixes), longest)
+        model(ids.to(device), positions.to(device), docs.to(device), kv_cache=cache)
+        for row, prefix in enumerate(prefixes):
+            gists = slice(len(prefix) - fmt.k, len(prefix))
+            entries.append(GistEntry(torch.stack([k[row, :, gists] for k in cache.k]).cpu(),
+                                     torch.stack([v[row, :, gists] for v in cache.v]).cpu(), len(prefix)))
+    return entries
+
+
+def save_cache(path: str | os.PathLike, instructions: list[str], entries: list[GistEntry], *, model_hash: str,
+               model_dir: str, k: int, tokenizer_fingerprint: str) -> Path:
+    """Write a cache directory atomically (module docstring)."""
+    path = Path(path)
+    tensors, index = {}, {}
+    for text, entry in zip(instructions, entries):
+        key = instruction_key(text)
+        tensors[f"{key}.k"], tensors[f"{key}.v"] = entry.keys.contiguous(), entry.values.contiguous()
+        index[key] = {"instruction": text, "prefix_len": entry.prefix_len}
+    meta = {"format": FORMAT, "model": {"model_hash": model_hash, "path": str(model_dir)}, "k": k,
+            "tokenizer_fingerprint": tokenizer_fingerprint,
+            "dtype": str(entries[0].keys.dtype).removeprefix("torch.") if entries else None, "entries": index}
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / TENSORS), metadata={"format": "megacompress-gist-cache"})
+    (tmp / INDEX).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path
+
+
+class GistCache:
+    """A stored cache, checked against the model that will use it."""
+
+    def __init__(self, path: str | os.PathLike, *, model_hash: str, k: int):
+        self.path = Path(path)
+        try:
+            self.meta = json.loads((self.path / INDEX).read_text())
+        except FileNotFoundError:
+            raise GistCacheError(f"{self.path}: not a gist cache ({INDEX} missing)") from None
+        except json.JSONDecodeError as exc:
+            raise GistCacheError(f"{self.path / INDEX}: not valid JSON ({exc})") from None
+        if self.meta.get("format") != FORMAT:
+            raise GistCacheError(f"{self.path}: cache format {self.meta.get('format')!r}, this code reads {FORMAT}")
+        made_by = self.meta["model"]
+        if made_by["model_hash"] != model_hash:
+            raise GistCacheError(f"{self.path}: made by another model ({made_by['path']}, hash "
+                                 f"{made_by['model_hash'][:12]}); this model's hash is {model_hash[:12]}")
+        if self.meta["k"] != k:
+            raise GistCacheError(f"{self.path}: made with k={self.meta['k']} gist tokens, this model uses k={k}")
+        self._file = safe_open(str(self.path / TENSORS), framework="pt")
+
+    def __contains__(self, instruction: str) -> bool:
+        return instruction_key(instruction) in self.meta["entries"]
+
+    def __len__(self) -> int:
+        return len(self.meta["entries"])
+
+    def get(self, instruction: str) -> GistEntry:
+        key = instruction_key(instruction)
+        if key not in self.meta["entries"]:
+            raise GistCacheError(f"{self.path}: instruction {instruction[:60]!r} is not in the cache "
+                                 "(run `python -m megacompress.gist compress` on it)")
+        return GistEntry(self._file.get_tensor(f"{key}.k"), self._file.get_tensor(f"{key}.v"),
+                         self.meta["entries"][key]["prefix_len"])

@@ -1,0 +1,105 @@
+"""Evaluating gist models: output quality and the cost of gist caching vs the full prompt.
+
+Quality (`quality`): ROUGE-L F-measure with ``rouge_score`` (stemming on, as the paper),
+x100, averaged over records; exact match (%, after stripping whitespace); mean output and
+reference lengths in tokens.
+
+Efficiency (`efficiency`), on the same records and model, greedy, a fixed number of new
+tokens (no early stop, so both sides decode the same count):
+
+* ``gist``: the input segment prefilled from the stored gist K/V, then decoding
+  (`generate_cached`); ``full``: the whole prompt (instruction + gists + input) prefilled
+  into a KV cache, then decoding (`generate_full`), which is what the pos-control model
+  costs: with a dense SDPA mask FLOPs and time do not depend on which keys are masked.
+* ``prefill_*`` counts one forward pass + the first token (``max_new_tokens=1``), ``total_*``
+  prefill + all new tokens. FLOPs from ``torch.utils.flop_counter.FlopCounterMode``;
+  wall-clock = best of ``repeats`` runs, on this process's threads.
+* KV bytes per stored prompt: the k gists' K/V vs the K/V of the instruction's tokens (the
+  prefix without gists), all layers, the model's dtype.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from megacompress.generation.gist_generate import generate_cached, generate_full
+
+
+def quality(predictions: list[str], references: list[str], prediction_tokens: list[int],
+            reference_tokens: list[int]) -> dict:
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    n = max(1, len(predictions))
+    rouge = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
+    return {"records": len(predictions), "rouge_l": 100 * sum(rouge) / n,
+            "exact_match": 100 * sum(p.strip() == r.strip() for p, r in zip(predictions, references)) / n,
+            "mean_output_tokens": sum(prediction_tokens) / n, "mean_reference_tokens": sum(reference_tokens) / n}
+
+
+def measure(fn: Callable[[], object], repeats: int = 1) -> tuple[int, float]:
+    """(FLOPs of one call, best wall-clock seconds over ``repeats`` calls)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return counter.get_total_flops(), best
+
+
+def efficiency(model, fmt, records: list[dict], entries: list, max_new_tokens: int, repeats: int = 1) -> dict:
+    """Gist-cached vs full-prompt prefill and generation for one batch (module docstring)."""
+    pad = fmt.tokenizer.special_id("pad")
+    formatted = [fmt.format(r["instruction"], r.get("input", "")) for r in records]
+    segments = [f.tokens[f.gist_end:] for f in formatted]
+
+    def gist(n: int) -> Callable[[], object]:
+        return lambda: generate_cached(model, entries, segments, n, pad_id=pad)
+
+    def full(n: int) -> Callable[[], object]:
+        return lambda: generate_full(model, [f.tokens for f in formatted], [f.gist_start for f in formatted], n,
+                                     pad_id=pad)
+
+    out = {"batch": len(records), "max_new_tokens": max_new_tokens}
+    with torch.inference_mode():
+        for name, run in (("gist", gist), ("full", full)):
+            out[f"prefill_flops_{name}"], out[f"prefill_seconds_{name}"] = measure(run(1), repeats)
+            out[f"total_flops_{name}"], out[f"total_seconds_{name}"] = measure(run(max_new_tokens), repeats)
+    per_token = entries[0].nbytes() // fmt.k
+    instruction_tokens = [f.gist_start for f in formatted]
+    out.update(
+        mean_instruction_tokens=sum(instruction_tokens) / len(formatted),
+        kv_bytes_gist=entries[0].nbytes(), kv_bytes_full=per_token * sum(instruction_tokens) / len(formatted),
+        prefill_flops_ratio=out["prefill_flops_gist"] / out["prefill_flops_full"],
+        total_flops_ratio=out["total_flops_gist"] / out["total_flops_full"],
+        wallclock_ratio=out["total_seconds_gist"] / out["total_seconds_full"],
+        prefill_wallclock_ratio=out["prefill_seconds_gist"] / out["prefill_seconds_full"])
+    out["compression_factor"] = out["mean_instruction_tokens"] / fmt.k
+    out["kv_bytes_ratio"] = out["kv_bytes_full"] / out["kv_bytes_gist"]
+    return out
+
+
+@torch.no_grad()
+def bits_per_byte(model, tokenizer, text: str, window: int = 512) -> dict:
+    """Import check: (tokens / bytes) x mean NLL / ln 2 of ``text`` in non-overlapping windows
+    (each window starts without context, so this slightly overestimates the model's loss)."""
+    import math
+
+    ids = tokenizer.encode(text)
+    total, count = 0.0, 0
+    window = min(window, model.config.max_seq_len)
+    for start in range(0, len(ids) - 1, window):
+        chunk = torch.tensor([ids[start:start + window + 1]])
+        if chunk.shape[1] < 2:
+            break
+        out = model(chunk[:, :-1], labels=chunk[:, 1:])
+        total, count = total + float(out.loss_sum), count + int(out.num_labels)
+    nbytes = len(text.encode("utf-8"))
+    return {"bytes": nbytes, "tokens": len(ids), "bits_per_byte": total / math.log(2) / nbytes * len(ids) / count,
+            "nll_per_token": total / count}

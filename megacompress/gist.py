@@ -1,0 +1,193 @@
+"""Gist tokens (SPEC §2): ``python -m megacompress.gist {init,prepare,compress,generate,evaluate,perplexity}``.
+
+  init      --model DIR --k K --out GIST_DIR [--variant gist|pos_control|neg_control]
+            add <GIST> (embedding = mean of the vocabulary's), architecture "gist"
+  prepare   --model GIST_DIR --data FILE --out PREFIX
+            instruction records -> the shard of data.kind "instruction" (train with
+            python -m megacompress.train, configs/gist-*.yaml)
+  compress  --model GIST_DIR --instructions FILE --out CACHE
+            store the gist K/V of every instruction (safetensors + JSON index)
+  generate  --model GIST_DIR --cache CACHE --inputs FILE --out OUT.jsonl [--no-cache]
+            answer {instruction, input} records in batches from the stored caches
+  evaluate  --model GIST_DIR --data FILE [--out REPORT.json]
+            ROUGE-L, exact match, lengths; FLOPs / wall-clock / KV bytes of gist caching
+  perplexity --model DIR --text FILE [--max-bytes N]
+            bits/byte of any model directory with tokenizer.json on a text (import check)
+
+Files of records are Alpaca-style JSON lists or JSONL. The tokenizer is the model
+directory's ``tokenizer.json`` (``--tokenizer`` for another directory, e.g. the gist
+model that a training export came from). Serving runs on one process (TP size 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from megacompress.atomic import write_text_atomic
+
+def _common(p: argparse.ArgumentParser, model_help: str = "gist model directory") -> None:
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--tokenizer", default=None, help="directory with tokenizer.json (default: --model)")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m megacompress.gist", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("init", help="make a gist model from a pretrained one")
+    p.add_argument("--model", required=True, help="pretrained model directory (e.g. from import-gguf)")
+    p.add_argument("--k", type=int, required=True, help="gist tokens per prompt (paper: 1, 2, 5, 10)")
+    p.add_argument("--variant", default="gist", choices=["gist", "pos_control", "neg_control"])
+    p.add_argument("--out", required=True, type=Path)
+    p = sub.add_parser("prepare", help="instruction records -> training shard (data.kind instruction)")
+    _common(p)
+    p.add_argument("--data", required=True, help="JSON list or JSONL of {instruction, input, output}")
+    p.add_argument("--out", required=True, help="shard prefix")
+    p = sub.add_parser("compress", help="store the gist K/V of instructions")
+    _common(p)
+    p.add_argument("--instructions", required=True, help="JSON list or JSONL with an 'instruction' field")
+    p.add_argument("--out", required=True, type=Path, help="cache directory")
+    p.add_argument("--batch-size", type=int, default=8)
+    p = sub.add_parser("generate", help="answer records from stored gist caches")
+    _common(p)
+    p.add_argument("--cache", type=Path, help="cache directory from `compress` (not with --no-cache)")
+    p.add_argument("--inputs", required=True, help="JSON list or JSONL of {instruction, input}")
+    p.add_argument("--out", required=True, type=Path, help="JSONL: one line per input record, in order")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--no-cache", action="store_true", help="run the gist-masked model over the full prompt")
+    p = sub.add_parser("evaluate", help="quality and efficiency on records with outputs")
+    _common(p)
+    p.add_argument("--data", required=True, help="JSON list or JSONL of {instruction, input, output}")
+    p.add_argument("--out", type=Path, default=None, help="report JSON (default: print only)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--limit", type=int, default=0, help="first N records only (0 = all)")
+    p.add_argument("--efficiency-tokens", type=int, default=16,
+                   help="new tokens per row in the FLOPs / wall-clock comparison")
+    p = sub.add_parser("perplexity", help="bits/byte of a model on a text file (checks an import)")
+    _common(p, "model directory with tokenizer.json")
+    p.add_argument("--text", required=True, help="UTF-8 text file")
+    p.add_argument("--max-bytes", type=int, default=100_000, help="first N bytes (0 = all)")
+    p.add_argument("--window", type=int, default=512)
+    args = parser.parse_args(argv)
+    if args.command == "generate" and (args.cache is None) != args.no_cache:
+        parser.error("generate needs --cache CACHE, or --no-cache (not both)")
+    return args
+
+
+def _load(args: argparse.Namespace):
+    """(model, format, tokenizer) for the gist model of ``args``."""
+    from megacompress.data.instruction_dataset import InstructionFormat
+    from megacompress.data.tokenizers import build_tokenizer
+    from megacompress.models import load_pretrained
+
+    model = load_pretrained(args.model).eval()
+    if model.config.architecture != "gist":
+        raise ValueError(f"{args.model}: architecture {model.config.architecture!r}, not a gist model "
+                         "(make one with `python -m megacompress.gist init`)")
+    tokenizer = build_tokenizer("hf", args.tokenizer or args.model)
+    return model, InstructionFormat(tokenizer, model.config.gist_tokens), tokenizer
+
+
+def _records(path: str, need_output: bool) -> list[dict]:
+    from megacompress.data.instruction_dataset import InstructionDataError, read_records, record_problem
+
+    records = read_records(path)
+    for n, record in enumerate(records, 1):
+        problem = record_problem(record, need_output)
+        if problem:
+            raise InstructionDataError(f"{path}: record {n}: {problem.replace('_', ' ')}")
+    return records
+
+
+def run(args: argparse.Namespace) -> str:
+    from megacompress.generation import gist_cache, gist_generate
+
+    if args.command == "init":
+        from megacompress.models.gist_init import init_gist_model
+
+        return f"wrote {init_gist_model(args.model, args.k, args.out, args.variant)}"
+    if args.command == "prepare":
+        from megacompress.data.instruction_dataset import prepare_instruction_shard
+        from megacompress.data.tokenizers import build_tokenizer
+        from megacompress.models import pretrained
+
+        k = pretrained.load_config(args.model).gist_tokens
+        meta = prepare_instruction_shard(args.data, build_tokenizer("hf", args.tokenizer or args.model), k, args.out)
+        return f"wrote {args.out}: {json.dumps(meta['instruction'])}"
+    if args.command == "perplexity":
+        return json.dumps(_perplexity(args))
+    model, fmt, tokenizer = _load(args)
+    model_hash = gist_cache.model_identity(args.model)
+    if args.command == "compress":
+        instructions = list(dict.fromkeys(r["instruction"] for r in _records(args.instructions, False)))
+        entries = gist_cache.compress(model, fmt, instructions, args.batch_size)
+        gist_cache.save_cache(args.out, instructions, entries, model_hash=model_hash, model_dir=args.model,
+                              k=fmt.k, tokenizer_fingerprint=tokenizer.fingerprint())
+        return f"wrote {args.out}: {len(entries)} instructions, k={fmt.k}"
+    if args.command == "generate":
+        records = _records(args.inputs, False)
+        cache = None if args.no_cache else gist_cache.GistCache(args.cache, model_hash=model_hash, k=fmt.k)
+        outputs = gist_generate.answer(model, fmt, records, args.max_new_tokens, cache=cache,
+                                       batch_size=args.batch_size, show_progress=True)
+        lines = [json.dumps({"instruction": r["instruction"], "input": r.get("input", ""),
+                             "output": tokenizer.decode(o)}) for r, o in zip(records, outputs)]
+        write_text_atomic(args.out, "".join(line + "\n" for line in lines))
+        return f"wrote {args.out}: {len(lines)} outputs"
+    return _evaluate(args, model, fmt, tokenizer)
+
+
+def _perplexity(args) -> dict:
+    from megacompress.data.tokenizers import build_tokenizer
+    from megacompress.generation.gist_eval import bits_per_byte
+    from megacompress.models import load_pretrained
+
+    raw = Path(args.text).read_bytes()[:args.max_bytes or None]
+    text = raw.decode("utf-8", errors="ignore")  # a cut may split the last character
+    model = load_pretrained(args.model).eval()
+    result = bits_per_byte(model, build_tokenizer("hf", args.tokenizer or args.model), text, args.window)
+    return {"model": str(args.model), "text": str(args.text), **result}
+
+
+def _evaluate(args, model, fmt, tokenizer) -> str:
+    from megacompress.generation import gist_cache, gist_eval, gist_generate
+
+    records = _records(args.data, True)[:args.limit or None]
+    instructions = list(dict.fromkeys(r["instruction"] for r in records))
+    cache = dict(zip(instructions, gist_cache.compress(model, fmt, instructions, args.batch_size)))
+    outputs = gist_generate.answer(model, fmt, records, args.max_new_tokens, cache=cache,
+                                   batch_size=args.batch_size, show_progress=True)
+    predictions = [tokenizer.decode(o) for o in outputs]
+    references = [r["output"] for r in records]
+    report = gist_eval.quality([p.strip() for p in predictions], references, [len(o) for o in outputs],
+                               [len(tokenizer.encode(" " + r)) for r in references])
+    batch = records[:args.batch_size]
+    report["efficiency"] = gist_eval.efficiency(model, fmt, batch, [cache[r["instruction"]] for r in batch],
+                                                args.efficiency_tokens)
+    report.update(model=str(args.model), k=fmt.k, variant=model.config.gist_variant, data=str(args.data),
+                  max_new_tokens=args.max_new_tokens)
+    text = json.dumps(report, indent=2)
+    if args.out is not None:
+        write_text_atomic(args.out, text + "\n")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_grad_enabled(False)
+    try:
+        print(run(args))
+    except (ValueError, FileNotFoundError) as exc:  # ours are ValueError subclasses naming file + problem
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

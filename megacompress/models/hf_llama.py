@@ -1,0 +1,221 @@
+"""Hugging Face Llama checkpoints <-> our `GPT` (``tools/convert_checkpoint.py import-hf / export-hf``).
+
+A Llama decoder is exactly our baseline block (RMSNorm pre-norm, SwiGLU, rotate-half RoPE,
+GQA, no biases), so conversion is renaming plus one layout change:
+
+==============================================  ==========================================
+Hugging Face (``LlamaForCausalLM``)             ours (``model.safetensors``, unpadded)
+==============================================  ==========================================
+``model.embed_tokens.weight`` [V, H]            ``embed.weight``
+``model.layers.i.input_layernorm.weight``       ``stack.layers.i.attn_norm.weight``
+``model.layers.i.self_attn.{q,k,v}_proj``       ``stack.layers.i.attn.qkv.weight`` (fused, below)
+``model.layers.i.self_attn.o_proj.weight``      ``stack.layers.i.attn.out.weight``
+``model.layers.i.post_attention_layernorm``     ``stack.layers.i.mlp_norm.weight``
+``model.layers.i.mlp.{gate,up,down}_proj``      ``stack.layers.i.mlp.{gate,up,down}.weight``
+``model.norm.weight``                           ``norm.weight``
+``lm_head.weight`` (absent when tied)           ``lm_head.weight`` (``tie_embeddings=False``)
+==============================================  ==========================================
+
+Fused qkv rows are laid out per KV group (`megacompress.models.blocks.Attention`): for
+group g, the r = Hq/Hkv query heads g*r..g*r+r-1, then key head g, then value head g,
+each D rows. HF keeps q [Hq*D, H], k and v [Hkv*D, H] apart; both use rotate-half RoPE
+on the head dimension, so no row permutation is needed (GGUF's is undone in `gguf_import`).
+
+An imported model directory is a ``save_pretrained`` directory (any TP size loads it) plus
+the tokenizer files ``tokenizer.json`` and ``tokenizer_config.json`` (the ``hf`` tokenizer
+kind reads them); ``export-hf`` writes ``config.json`` + ``model.safetensors`` in HF's
+layout with the same tokenizer files, loadable by ``LlamaForCausalLM.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from megacompress.atomic import atomic_write, write_text_atomic
+from megacompress.data.tokenizers import TOKENIZER_CONFIG, TOKENIZER_JSON
+from megacompress.models import pretrained
+from megacompress.models.config import ConfigError, ModelConfig
+
+TOKENIZER_FILES = (TOKENIZER_JSON, TOKENIZER_CONFIG)
+_LAYER_NAMES = {  # ours (after "stack.layers.i.") -> HF (after "model.layers.i."), one-to-one tensors
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn.out.weight": "self_attn.o_proj.weight",
+    "mlp_norm.weight": "post_attention_layernorm.weight",
+    "mlp.gate.weight": "mlp.gate_proj.weight",
+    "mlp.up.weight": "mlp.up_proj.weight",
+    "mlp.down.weight": "mlp.down_proj.weight",
+}
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted; the message names the file and the problem."""
+
+
+def config_from_hf(hf: dict, source: str, max_seq_len: int | None = None) -> ModelConfig:
+    """Our config for a HF ``LlamaConfig`` dict; refuses what our block does not compute."""
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    problems = []
+    if hf.get("model_type", "llama") != "llama":
+        problems.append(f"model_type {hf.get('model_type')!r} is not 'llama'")
+    if hf.get("hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act {hf['hidden_act']!r} (only silu / SwiGLU)")
+    if hf.get("attention_bias") or hf.get("mlp_bias"):
+        problems.append("attention or MLP biases")
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        problems.append(f"RoPE scaling {rope} (only plain RoPE)")
+    heads = hf.get("num_attention_heads") or 1  # a missing value is reported below
+    if hf.get("head_dim") not in (None, hf.get("hidden_size", 0) // heads):
+        problems.append(f"head_dim {hf['head_dim']} != hidden_size / num_attention_heads")
+    if problems:
+        raise ConversionError(f"{source}: cannot import: " + "; ".join(problems))
+    try:
+        return ModelConfig(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+                           num_layers=hf["num_hidden_layers"], num_heads=heads,
+                           num_kv_heads=hf.get("num_key_value_heads") or heads,
+                           ffn_hidden_size=hf["intermediate_size"],
+                           max_seq_len=max_seq_len or hf.get("max_position_embeddings", 2048),
+                           rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+                           norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+                           tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+    except (KeyError, ConfigError) as exc:
+        raise ConversionError(f"{source}: unusable Llama config ({exc})") from None
+
+
+def config_to_hf(config: ModelConfig, special_ids: dict[str, int | None]) -> dict:
+    """The ``config.json`` of ``LlamaForCausalLM`` for our config (fp32 weights)."""
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "dtype": "float32",
+        "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+        "intermediate_size": config.ffn_hidden_size, "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim, "hidden_act": "silu", "max_position_embeddings": config.max_seq_len,
+        "rms_norm_eps": config.norm_eps, "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "tie_word_embeddings": config.tie_embeddings, "attention_bias": False, "mlp_bias": False,
+        "bos_token_id": special_ids.get("bos"), "eos_token_id": special_ids.get("eod"),
+        "pad_token_id": special_ids.get("pad"),
+    }
+
+
+def _fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    d, groups = config.head_dim, config.num_kv_heads
+    r = config.num_heads // groups
+    parts = (q.view(groups, r * d, -1), k.view(groups, d, -1), v.view(groups, d, -1))
+    return torch.cat(parts, dim=1).reshape(-1, q.shape[1])
+
+
+def _split_qkv(qkv: torch.Tensor, config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    d, groups = config.head_dim, config.num_kv_heads
+    r = config.num_heads // groups
+    q, k, v = qkv.view(groups, (r + 2) * d, -1).split([r * d, d, d], dim=1)
+    return (t.reshape(-1, qkv.shape[1]) for t in (q, k, v))
+
+
+def from_hf_state(hf: dict[str, torch.Tensor], config: ModelConfig, source: str) -> dict[str, torch.Tensor]:
+    """HF tensor names/layout -> ours (fp32); missing or unexpected tensors are an error."""
+    hf = dict(hf)
+    if config.tie_embeddings:
+        hf.pop("lm_head.weight", None)  # some tied checkpoints store the shared table twice
+    try:
+        out = {"embed.weight": hf.pop("model.embed_tokens.weight"), "norm.weight": hf.pop("model.norm.weight")}
+        if not config.tie_embeddings:
+            out["lm_head.weight"] = hf.pop("lm_head.weight")
+        for i in range(config.num_layers):
+            ours, theirs = f"stack.layers.{i}.", f"model.layers.{i}."
+            for name, hf_name in _LAYER_NAMES.items():
+                out[ours + name] = hf.pop(theirs + hf_name)
+            q, k, v = (hf.pop(f"{theirs}self_attn.{p}_proj.weight") for p in "qkv")
+            out[ours + "attn.qkv.weight"] = _fuse_qkv(q, k, v, config)
+    except KeyError as exc:
+        raise ConversionError(f"{source}: tensor {exc.args[0]} is missing") from None
+    hf = {n: t for n, t in hf.items() if not n.endswith("rotary_emb.inv_freq")}  # derived buffers
+    if hf:
+        raise ConversionError(f"{source}: unexpected tensors {sorted(hf)[:8]}")
+    return {n: t.float().contiguous() for n, t in out.items()}
+
+
+def to_hf_state(ours: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """The inverse of `from_hf_state`."""
+    out = {"model.embed_tokens.weight": ours["embed.weight"], "model.norm.weight": ours["norm.weight"]}
+    if not config.tie_embeddings:
+        out["lm_head.weight"] = ours["lm_head.weight"]
+    for i in range(config.num_layers):
+        prefix, hf_prefix = f"stack.layers.{i}.", f"model.layers.{i}."
+        for name, hf_name in _LAYER_NAMES.items():
+            out[hf_prefix + hf_name] = ours[prefix + name]
+        for p, t in zip("qkv", _split_qkv(ours[prefix + "attn.qkv.weight"], config)):
+            out[f"{hf_prefix}self_attn.{p}_proj.weight"] = t
+    return {n: t.contiguous() for n, t in out.items()}
+
+
+def write_model(tensors: dict[str, torch.Tensor], config: ModelConfig, out_dir: str | Path,
+                tokenizer_files: dict[str, str]) -> Path:
+    """Our model directory (``save_pretrained`` format + tokenizer files), checked by loading it."""
+    from megacompress.models.registry import load_pretrained
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in tokenizer_files.items():
+        write_text_atomic(out_dir / name, text)
+    atomic_write(out_dir / pretrained.WEIGHTS_NAME,
+                 lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_text_atomic(out_dir / pretrained.CONFIG_NAME, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    load_pretrained(out_dir)  # names and shapes against the model class (an error names the file)
+    return out_dir
+
+
+def _read_safetensors_dir(directory: Path) -> dict[str, torch.Tensor]:
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise ConversionError(f"{directory}: no *.safetensors files (PyTorch .bin checkpoints are not read)")
+    tensors = {}
+    for file in files:
+        tensors.update(load_file(file))
+    return tensors
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConversionError(f"{path}: not found") from None
+    except json.JSONDecodeError as exc:
+        raise ConversionError(f"{path}: not valid JSON ({exc})") from None
+
+
+def import_hf(hf_dir: str | Path, out_dir: str | Path, max_seq_len: int | None = None) -> Path:
+    """HF Llama directory (``config.json`` + ``*.safetensors`` + ``tokenizer.json``) -> our model directory."""
+    hf_dir = Path(hf_dir)
+    config = config_from_hf(_read_json(hf_dir / "config.json"), str(hf_dir / "config.json"), max_seq_len)
+    tensors = from_hf_state(_read_safetensors_dir(hf_dir), config, str(hf_dir))
+    if not (hf_dir / TOKENIZER_JSON).is_file():
+        raise ConversionError(f"{hf_dir / TOKENIZER_JSON}: not found (an imported model carries its tokenizer)")
+    tokenizer = {name: (hf_dir / name).read_text() for name in TOKENIZER_FILES if (hf_dir / name).is_file()}
+    return write_model(tensors, config, out_dir, tokenizer)
+
+
+def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
+    """Our model directory (any architecture built on the GPT blocks) -> HF Llama layout + tokenizer."""
+    from megacompress.data.tokenizers import HFTokenizer
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    config = pretrained.load_config(model_dir)
+    if config.architecture not in ("gpt", "gist"):
+        raise ConversionError(f"{model_dir / pretrained.CONFIG_NAME}: architecture {config.architecture!r} "
+                              "has no Llama equivalent (its masks are not causal)")
+    if not (model_dir / TOKENIZER_JSON).is_file():
+        raise ConversionError(f"{model_dir / TOKENIZER_JSON}: not found; export-hf needs the model's tokenizer")
+    tensors = to_hf_state(load_file(model_dir / pretrained.WEIGHTS_NAME), config)
+    tokenizer = HFTokenizer(str(model_dir))
+    roles = {role: tokenizer.special_ids.get(role) for role in ("bos", "eod", "pad")}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (model_dir / name).is_file():
+            shutil.copyfile(model_dir / name, out_dir / name)
+    atomic_write(out_dir / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_text_atomic(out_dir / "config.json", json.dumps(config_to_hf(config, roles), indent=2) + "\n")
+    return out_dir

@@ -1,0 +1,121 @@
+"""Instruction data (format, labels, truncation, counts) and the gist pipeline end to end:
+init -> prepare -> python -m megacompress.train -> export -> compress -> generate -> evaluate."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from distributed_helpers import cpu_env
+from megacompress import gist as gist_cli
+from megacompress.data.collate import collate
+from megacompress.data.instruction_dataset import (InstructionDataError, InstructionDataset, InstructionFormat,
+                                                   prepare_instruction_shard, read_records)
+from megacompress.data.tokenizers import build_tokenizer
+from megacompress.training import convert
+from workers.gist_common import tiny_gist_model
+
+RECORDS = [
+    {"instruction": "Say hello.", "input": "the world", "output": "Hello, world!"},
+    {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+    {"instruction": "Rewrite the sentence in the past tense.", "output": "She walked to school."},  # no input
+    {"instruction": "Say hello.", "input": "x " * 40, "output": "Hello there, long input."},
+    {"instruction": "Missing output."},
+    {"instruction": "Empty output.", "input": "", "output": "  "},
+    {"input": "no instruction", "output": "?"},
+    {"instruction": "word " * 60, "input": "", "output": "too long an instruction"},
+]
+
+
+@pytest.fixture(scope="module")
+def gist1(tmp_path_factory):
+    return tiny_gist_model(tmp_path_factory.mktemp("gist"), k=1)
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_instruction_shard_format_labels_truncation_and_counts(gist1, tmp_path):
+    tok = build_tokenizer("hf", str(gist1))
+    fmt = InstructionFormat(tok, 1)
+    meta = prepare_instruction_shard(str(write_jsonl(tmp_path / "d.jsonl", RECORDS)), tok, 1, str(tmp_path / "s"))
+    assert meta["instruction"]["skipped"] == {"missing_output": 1, "empty_output": 1, "missing_instruction": 1}
+    with pytest.warns(UserWarning, match="1 are too long and left out, 1 lose the end of their input"):
+        data = InstructionDataset(str(tmp_path / "s"), 48, 10, (0, 5), tok.special_id("pad"), shuffle=False)
+    assert len(data.records) == 4 and len(data) == 10  # 4 fitting records, repeated over epochs
+    sample = data[0]
+    rec = fmt.format("Say hello.", "the world", "Hello, world!")
+    n = len(rec.tokens) - 1
+    assert sample["input_ids"][:n].tolist() == rec.tokens[:-1]
+    assert tok.decode(rec.tokens[:rec.output_start]) == "Instruction: Say hello.\n<GIST>\nInput: the world\nOutput:"
+    labels = sample["labels"]
+    assert (labels[:rec.output_start - 1] == -100).all() and (labels[n:] == -100).all()
+    assert labels[rec.output_start - 1:n].tolist() == rec.tokens[rec.output_start:]  # output + eod only
+    assert tok.decode(labels[labels >= 0]) == " Hello, world!<|im_end|>"
+    assert int(sample["gist_start"]) == rec.gist_start and rec.tokens[rec.gist_start] == tok.special_id("gist")
+    long = data[3]  # the long input lost its end, not its output
+    target = long["labels"][long["labels"] >= 0]
+    assert tok.decode(target) == " Hello there, long input.<|im_end|>" and (long["document_ids"] == 0).all()
+    batch = collate([data[i] for i in range(3)])
+    assert batch["gist_start"].shape == (3,) and batch["input_ids"].shape == (3, 48)
+    (tmp_path / "bad.jsonl").write_text('{"instruction": "a"}\nnot json\n')
+    with pytest.raises(InstructionDataError, match="bad.jsonl:2: invalid JSON"):
+        read_records(tmp_path / "bad.jsonl")
+
+
+def test_gist_pipeline_end_to_end(gist1, tmp_path, repo_root, capsys):
+    train = write_jsonl(tmp_path / "train.jsonl", RECORDS[:4] * 2)
+    assert gist_cli.main(["prepare", "--model", str(gist1), "--data", str(train), "--out", str(tmp_path / "d")]) == 0
+    model_config = json.loads((gist1 / "config.json").read_text())
+    config = {"model": {"preset": "tiny", "init_from": str(gist1), **model_config},
+              "data": {"data_path": [str(tmp_path / "d")], "kind": "instruction", "split": "1,0,0"},
+              "tokenizer": {"kind": "hf", "model_path": str(gist1)}, "eval": {"iters": 1, "data_path": [str(tmp_path / "d")]},
+              "optimizer": {"lr": 1e-3}, "schedule": {"train_steps": 3, "warmup_steps": 1, "global_batch_size": 4,
+                                                      "micro_batch_size": 2},
+              "parallel": {"zero_stage": 1}, "logging": {"run_dir": str(tmp_path / "run"), "progress_bar": False}}
+    (tmp_path / "gist.yaml").write_text(yaml.safe_dump(config))
+    done = subprocess.run([sys.executable, "-m", "megacompress.train", "--config", str(tmp_path / "gist.yaml")],
+                          env=cpu_env(), capture_output=True, text=True, timeout=300, cwd=repo_root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics and all(np.isfinite(m["loss"]) for m in metrics if "loss" in m)
+    trained = tmp_path / "trained"
+    assert convert.main(["export", str(tmp_path / "run" / "checkpoints"), str(trained)]) == 0
+    before, after = _weights(gist1, trained)
+    assert not torch.equal(before, after)  # trained from the gist model's weights, and they moved
+
+    common = ["--model", str(trained), "--tokenizer", str(gist1)]
+    inputs = write_jsonl(tmp_path / "inputs.jsonl", [{k: r[k] for k in ("instruction", "input") if k in r}
+                                                     for r in RECORDS[:4]])
+    assert gist_cli.main(["compress", *common, "--instructions", str(inputs), "--out", str(tmp_path / "c")]) == 0
+    for flag, out in ((["--cache", str(tmp_path / "c")], "cached.jsonl"), (["--no-cache"], "full.jsonl")):
+        assert gist_cli.main(["generate", *common, *flag, "--inputs", str(inputs), "--batch-size", "3",
+                              "--max-new-tokens", "6", "--out", str(tmp_path / out)]) == 0
+    cached, full = ((tmp_path / n).read_text().splitlines() for n in ("cached.jsonl", "full.jsonl"))
+    assert cached == full and len(cached) == 4
+    assert [json.loads(line)["instruction"] for line in cached] == [r["instruction"] for r in RECORDS[:4]]
+    assert gist_cli.main(["evaluate", *common, "--data", str(train), "--max-new-tokens", "4", "--batch-size", "4",
+                          "--efficiency-tokens", "2", "--out", str(tmp_path / "report.json")]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["records"] == 8 and 0 <= report["rouge_l"] <= 100
+    eff = report["efficiency"]
+    assert eff["prefill_flops_ratio"] < 1 and eff["kv_bytes_ratio"] == eff["compression_factor"] > 1
+
+    # a cache made by another model (the untrained gist model) is refused by name
+    assert gist_cli.main(["compress", "--model", str(gist1), "--instructions", str(inputs),
+                          "--out", str(tmp_path / "c0")]) == 0
+    assert gist_cli.main(["generate", *common, "--cache", str(tmp_path / "c0"), "--inputs", str(inputs),
+                          "--out", str(tmp_path / "x.jsonl")]) == 1
+    assert "made by another model" in capsys.readouterr().err
+
+
+def _weights(*dirs):
+    from safetensors.torch import load_file
+
+    return [load_file(d / "model.safetensors")["stack.layers.0.attn.qkv.weight"] for d in dirs]
