@@ -42,19 +42,19 @@ def test_registered_kind_is_built_without_builder_changes(tmp_path, scratch_regi
         calls.append((prefix, meta["flags"], config.kind, seq_length, num_samples, document_range, cache_dir))
         return Constant(num_samples)
 
-    assert "bitstream" not in DATASET_KINDS
-    register_dataset_kind("bitstream", build, {"input_ids", "bits"})
-    assert "bitstream" in DATASET_KINDS and repr(DATASET_KINDS) == "('gpt', 'document', 'bitstream')"
+    assert "constant" not in DATASET_KINDS
+    register_dataset_kind("constant", build, {"input_ids", "bits"})
+    assert "constant" in DATASET_KINDS and repr(DATASET_KINDS).endswith(", 'constant')")
     with pytest.raises(ValueError, match="already registered"):
-        register_dataset_kind("bitstream", build, {"input_ids"})
+        register_dataset_kind("constant", build, {"input_ids"})
 
     prefix = write_shard(tmp_path / "s", DOCS)
-    config = DataConfig(data_path=[prefix], kind="bitstream", split="2,1,0", cache_dir=str(tmp_path / "c"))
+    config = DataConfig(data_path=[prefix], kind="constant", split="2,1,0", cache_dir=str(tmp_path / "c"))
     with pytest.warns(UserWarning, match="meta.json"):
         train, valid, test = build_datasets(config, BytesTokenizer(), 16, [5, 2, 0])
     assert (len(train), len(valid), test) == (5, 2, None)
-    assert calls == [(prefix, {"append_eod": False}, "bitstream", 16, 5, (0, 2), str(tmp_path / "c")),
-                     (prefix, {"append_eod": False}, "bitstream", 16, 2, (2, 3), str(tmp_path / "c"))]
+    assert calls == [(prefix, {"append_eod": False}, "constant", 16, 5, (0, 2), str(tmp_path / "c")),
+                     (prefix, {"append_eod": False}, "constant", 16, 2, (2, 3), str(tmp_path / "c"))]
     assert dataset_batch_keys(train) == {"input_ids", "bits"}
 
 
