@@ -350,11 +350,68 @@ class HFTokenizer(_Specials):
         h.update(self._serialized.encode())
 
 
+# A model directory's record of the tokenizer it was trained with (written by checkpoint
+# export): {"kind", "fingerprint", "vocab_size", "model_file"}; the SentencePiece model or
+# Hugging Face tokenizer.json itself is copied beside it.
+TOKENIZER_RECORD = "tokenizer_info.json"
+SENTENCEPIECE_FILE = "tokenizer.model"
+
+
+def save_tokenizer(tokenizer: Tokenizer, model_dir: str) -> None:
+    """Record ``tokenizer`` in a model directory (atomic writes; its model file copied in)."""
+    import shutil
+
+    from megacompress.atomic import atomic_write, write_text_atomic
+
+    if tokenizer.name not in ("gpt2", "bytes", "sentencepiece", "hf"):
+        raise ValueError(f"a {tokenizer.name} tokenizer cannot be recorded in a model directory")
+    model_file = None
+    if tokenizer.name in ("sentencepiece", "hf"):
+        model_file = SENTENCEPIECE_FILE if tokenizer.name == "sentencepiece" else TOKENIZER_JSON
+        sources = [(tokenizer.model_path, model_file)]
+        config = os.path.join(os.path.dirname(tokenizer.model_path), TOKENIZER_CONFIG)
+        if tokenizer.name == "hf" and os.path.isfile(config):
+            sources.append((config, TOKENIZER_CONFIG))
+        for source, name in sources:
+            target = os.path.join(model_dir, name)
+            if os.path.abspath(source) != os.path.abspath(target):
+                atomic_write(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
+    record = {"kind": tokenizer.name, "fingerprint": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size,
+              "model_file": model_file}
+    write_text_atomic(os.path.join(model_dir, TOKENIZER_RECORD), json.dumps(record, indent=2) + "\n")
+
+
 def model_tokenizer(model_dir: str) -> Tokenizer:
-    """The tokenizer a model directory carries (``tokenizer.json``, an imported model), else GPT-2."""
+    """The tokenizer a model directory carries: its `TOKENIZER_RECORD` (an exported training
+    run), else its ``tokenizer.json`` (an imported model), else GPT-2 with a warning."""
+    record_path = os.path.join(model_dir, TOKENIZER_RECORD)
+    if os.path.isfile(record_path):
+        with open(record_path) as f:
+            record = json.load(f)
+        model_file = record.get("model_file")
+        tokenizer = build_tokenizer(record["kind"], os.path.join(model_dir, model_file) if model_file else None)
+        if tokenizer.fingerprint() != record["fingerprint"]:
+            raise ValueError(f"{record_path}: the tokenizer files beside it do not match the recorded fingerprint")
+        return tokenizer
     if os.path.isfile(os.path.join(model_dir, TOKENIZER_JSON)):
         return HFTokenizer(model_dir)
+    import warnings
+
+    warnings.warn(f"{model_dir} records no tokenizer ({TOKENIZER_RECORD}); assuming gpt2")
     return GPT2Tokenizer()
+
+
+def check_model_tokenizer(model_dir: str, tokenizer: Tokenizer) -> None:
+    """Refuse a tokenizer other than the one ``model_dir`` records (garbage text otherwise)."""
+    record_path = os.path.join(model_dir, TOKENIZER_RECORD)
+    if not os.path.isfile(record_path):
+        return
+    with open(record_path) as f:
+        record = json.load(f)
+    if record["fingerprint"] != tokenizer.fingerprint():
+        raise ValueError(f"--tokenizer {tokenizer.name} (fingerprint {tokenizer.fingerprint()[:12]}) is not the "
+                         f"tokenizer {model_dir} was trained with ({record['kind']}, fingerprint "
+                         f"{record['fingerprint'][:12]}, {record_path}); leave --tokenizer out to use it")
 
 
 def train_sentencepiece(

@@ -184,7 +184,20 @@ def export(ckpt_dir: Path, out_dir: Path, tag: str | None = None) -> Path:
     except RuntimeError as exc:
         raise CheckpointError(f"{tag_dir} does not match its model config: {exc}") from None
     model.save_pretrained(out_dir)
+    _save_run_tokenizer(manifest["train_config"].get("tokenizer", {}), out_dir)
     return out_dir
+
+
+def _save_run_tokenizer(section: dict, out_dir: Path) -> None:
+    """Record the training run's tokenizer beside the weights, so generation uses it by default."""
+    from megacompress.data.tokenizers import build_tokenizer, save_tokenizer
+
+    try:
+        tokenizer = build_tokenizer(section.get("kind", "gpt2"), section.get("model_path") or None)
+    except (OSError, ValueError) as exc:  # e.g. a SentencePiece model that has moved since training
+        print(f"warning: the run's tokenizer is not recorded in {out_dir}: {exc}", file=sys.stderr)
+        return
+    save_tokenizer(tokenizer, str(out_dir))
 
 
 def main(argv: list[str] | None = None) -> int:

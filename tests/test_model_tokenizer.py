@@ -1,0 +1,42 @@
+"""A saved model records its tokenizer; generation uses it and refuses another (issue 13, part 6)."""
+
+import json
+import warnings
+
+import pytest
+
+from megacompress.data.tokenizers import (TOKENIZER_RECORD, build_tokenizer, check_model_tokenizer, model_tokenizer,
+                                          save_tokenizer, train_sentencepiece)
+from megacompress.training.convert import _save_run_tokenizer
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bytes", "sentencepiece"])
+def test_recorded_tokenizer_is_rebuilt_from_the_model_directory(tmp_path, kind):
+    model_path = None
+    if kind == "sentencepiece":
+        (tmp_path / "corpus.txt").write_text("It is a truth universally acknowledged. " * 200)
+        model_path = train_sentencepiece([str(tmp_path / "corpus.txt")], str(tmp_path / "sp"), vocab_size=300)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    _save_run_tokenizer({"kind": kind, "model_path": model_path or ""}, model_dir)  # what export does
+    record = json.loads((model_dir / TOKENIZER_RECORD).read_text())
+    original = build_tokenizer(kind, model_path)
+    assert record["kind"] == kind and record["fingerprint"] == original.fingerprint()
+    if model_path:
+        (tmp_path / "sp.model").unlink()  # the copy in the model directory is what is used
+    rebuilt = model_tokenizer(str(model_dir))
+    assert rebuilt.fingerprint() == original.fingerprint()
+    check_model_tokenizer(str(model_dir), rebuilt)
+
+
+def test_a_different_tokenizer_is_refused(tmp_path):
+    save_tokenizer(build_tokenizer("gpt2"), str(tmp_path))
+    with pytest.raises(ValueError, match=r"--tokenizer bytes .* is not the tokenizer .* trained with \(gpt2"):
+        check_model_tokenizer(str(tmp_path), build_tokenizer("bytes"))
+
+
+def test_a_directory_without_a_record_assumes_gpt2_with_a_warning(tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert model_tokenizer(str(tmp_path)).name == "gpt2"
+    assert any("records no tokenizer" in str(w.message) for w in caught)
