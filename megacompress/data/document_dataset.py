@@ -15,7 +15,8 @@ target and are skipped. Split points ``t``:
   offsets of document i's sentence-end tokens): ``t`` is the last sentence start
   (EOS offset + 1) in ``(s, s + S]``, so each chunk's inputs are whole sentences
   ending with an EOS; if that window holds no sentence start (a sentence longer
-  than S) the chunk is cut at ``s + S`` mid-sentence.
+  than S) the chunk is cut at ``s + S`` mid-sentence. Such cuts are counted
+  (``cut_sentences``, cached with the index) and reported in one warning.
 
 Sidecar check. When the index is built, ``check_eos_sidecar`` verifies, for every
 document of the range, that its offsets are strictly increasing, each is inside
@@ -25,6 +26,7 @@ token of the document; otherwise ``ShardError`` names the sidecar and the docume
 Cached indices (see ``index_cache``):
 
 * ``chunks`` int64 ``[num_chunks, 3]``: (shard sequence id, s, t), in document order;
+* ``cut_sentences`` int64 ``[1]``: chunks cut inside a sentence longer than S;
 * ``order``  int64 ``[num_samples]``: dataset index -> chunk row; epochs of
   (optionally shuffled, fresh permutation per epoch, see ``shuffle``) chunk
   orders, concatenated and cut at ``num_samples`` (``None``: one epoch), so
@@ -42,6 +44,7 @@ Item layout (numpy, length S; n = t - s real positions, then padding):
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
@@ -133,10 +136,12 @@ def _check_eos_block(shard: IndexedDataset, eos: IndexedDataset, eos_id: int, a:
         fail(k, f"holds {actual[k]} EOS tokens but the sidecar lists {counts[k]} offsets")
 
 
-def _sentence_chunks(doc: int, length: int, eos: np.ndarray, seq_length: int) -> list[tuple[int, int, int]]:
-    """Greedy sentence-aligned chunks of one document longer than ``seq_length + 1``."""
+def _sentence_chunks(doc: int, length: int, eos: np.ndarray,
+                     seq_length: int) -> tuple[list[tuple[int, int, int]], int]:
+    """Greedy sentence-aligned chunks of one document longer than ``seq_length + 1``, and how
+    many of them are cut mid-sentence (inside a sentence longer than ``seq_length``)."""
     starts = eos.astype(np.int64) + 1  # sentence starts, sorted ascending
-    chunks, s = [], 0
+    chunks, s, cuts = [], 0, 0
     while s < length - 1:
         limit = s + seq_length
         if length - 1 <= limit:
@@ -144,9 +149,10 @@ def _sentence_chunks(doc: int, length: int, eos: np.ndarray, seq_length: int) ->
         else:
             k = np.searchsorted(starts, limit, side="right") - 1  # last start <= limit
             t = int(starts[k]) if k >= 0 and starts[k] > s else limit
+            cuts += t == limit and limit not in starts
         chunks.append((doc, s, t))
         s = t
-    return chunks
+    return chunks, cuts
 
 
 class DocumentDataset:
@@ -171,15 +177,19 @@ class DocumentDataset:
             raise ValueError(f"{prefix}: eos_id is needed to check the sentence sidecar {eos_prefix(prefix)}")
         self.batch_keys = SENTENCE_BATCH_KEYS if self.use_sentences else TOKEN_BATCH_KEYS
 
-        key = {"shard": shard_digest(prefix), **asdict(config), "document_range": [start, end],
+        key = {"shard": shard_digest(prefix), **asdict(config), "document_range": [start, end], "format": 2,
                "use_sentences": self.use_sentences,
                "eos_shard": shard_digest(eos_prefix(prefix)) if self.use_sentences else None}
         cached = load_or_build("DocumentDataset", key, self._build_indices, cache_dir)
         self.cache = cached
         self.chunks = cached.arrays["chunks"]
         self.order = cached.arrays["order"]
+        self.cut_sentences = int(cached.arrays["cut_sentences"][0])
+        if self.cut_sentences:
+            warnings.warn(f"{prefix}: {self.cut_sentences} chunk(s) cut inside a sentence longer than "
+                          f"seq_length {config.seq_length}", stacklevel=2)
 
-    def _build_chunks(self) -> np.ndarray:
+    def _build_chunks(self) -> tuple[np.ndarray, int]:
         S = self.config.seq_length
         start, end = self.document_range
         docs = np.arange(start, end, dtype=np.int64)
@@ -193,31 +203,33 @@ class DocumentDataset:
             first = np.repeat(np.cumsum(counts) - counts, counts)
             s = (np.arange(len(chunk_doc)) - first) * S
             t = np.minimum(s + S, np.repeat(lengths, counts) - 1)
-            return np.stack([chunk_doc, s, t], axis=1).astype(np.int64)
+            return np.stack([chunk_doc, s, t], axis=1).astype(np.int64), 0
         short = lengths <= S + 1
         rows = [np.stack([docs[short], np.zeros(short.sum(), np.int64), lengths[short] - 1], axis=1)]
-        long_rows = [chunk
-                     for doc, length in progress(zip(docs[~short].tolist(), lengths[~short].tolist()),
-                                                 total=int((~short).sum()), desc=f"chunking {self.prefix}",
-                                                 enabled=(~short).sum() >= 10_000)
-                     for chunk in _sentence_chunks(doc, length, self.eos.get(doc), S)]
+        long_rows, cuts = [], 0
+        for doc, length in progress(zip(docs[~short].tolist(), lengths[~short].tolist()),
+                                    total=int((~short).sum()), desc=f"chunking {self.prefix}",
+                                    enabled=(~short).sum() >= 10_000):
+            doc_chunks, doc_cuts = _sentence_chunks(doc, length, self.eos.get(doc), S)
+            long_rows += doc_chunks
+            cuts += doc_cuts
         if long_rows:
             rows.append(np.asarray(long_rows, dtype=np.int64))
         chunks = np.concatenate(rows).astype(np.int64)
-        return chunks[np.lexsort((chunks[:, 1], chunks[:, 0]))]  # document order
+        return chunks[np.lexsort((chunks[:, 1], chunks[:, 0]))], cuts  # document order
 
     def _build_indices(self) -> dict[str, np.ndarray]:
         cfg = self.config
         if self.eos is not None:  # once per index build, not per item
             check_eos_sidecar(self.shard, self.eos, cfg.eos_id, self.document_range)
-        chunks = self._build_chunks()
+        chunks, cuts = self._build_chunks()
         if len(chunks) == 0:
             raise ValueError(f"{self.prefix}: documents {self.document_range} contain no document "
                              "with at least 2 tokens")
         num_samples = len(chunks) if cfg.num_samples is None else cfg.num_samples
         num_epochs = max(1, -(-num_samples // len(chunks)))  # num_samples=0: an unsampled blend part
         order = epoch_permutations(cfg.seed, CHUNKS, [len(chunks)] * num_epochs, cfg.shuffle)
-        return {"chunks": chunks, "order": order[:num_samples]}
+        return {"chunks": chunks, "order": order[:num_samples], "cut_sentences": np.array([cuts], np.int64)}
 
     def __len__(self) -> int:
         return len(self.order)

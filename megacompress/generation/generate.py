@@ -21,6 +21,7 @@ token from identical inputs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -35,6 +36,7 @@ from megacompress.progress import progress
 class GenerationOutput:
     tokens: list[list[int]]  # new tokens per row, up to and including eod_id if produced
     step_logits: list[torch.Tensor] = field(default_factory=list)  # per step [B, V] fp32, if requested
+    kv_cache_bytes: int = 0  # bytes of the KV cache entries held at the end (this TP rank)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -53,43 +55,74 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return input_ids, position_ids, document_ids
 
 
-@torch.no_grad()
-def generate(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, *,
-             sampling: SamplingConfig | None = None, eod_id: int | None = None,
-             return_logits: bool = False, show_progress: bool = False) -> GenerationOutput:
-    """Continue each prompt by up to ``max_new_tokens`` tokens (greedy by default)."""
-    sampling = sampling or SamplingConfig()
-    config = model.config
+def check_lengths(config, prompts: list[list[int]], max_new_tokens: int) -> None:
+    """ValueError unless every prompt + ``max_new_tokens`` fits the model's ``max_seq_len``."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    pad_id = 0 if eod_id is None else eod_id
-    input_ids, position_ids, document_ids = left_pad(prompts, pad_id)
-    batch, prompt_len = input_ids.shape
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate: every prompt needs at least one token")
+    prompt_len = max(len(p) for p in prompts)
     total = prompt_len + max_new_tokens
     if total > config.max_seq_len:
         raise ValueError(f"longest prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) = {total} "
                          f"exceeds the model's max_seq_len {config.max_seq_len}")
-    device = model.output_weight.device
-    cache = model.new_kv_cache(batch, total)
-    generator = torch.Generator(device=device).manual_seed(sampling.seed)
-    lengths = torch.tensor([len(p) for p in prompts], device=device)
 
-    logits = model(input_ids.to(device), position_ids.to(device), document_ids.to(device), kv_cache=cache).logits
+
+def decode_loop(logits: torch.Tensor, step: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor],
+                max_new_tokens: int, vocab_size: int, *, sampling: SamplingConfig | None = None,
+                eod_id: int | None = None, return_logits: bool = False, show_progress: bool = False,
+                forced_tokens: torch.Tensor | None = None) -> GenerationOutput:
+    """Sample, feed back, repeat: the loop every generation algorithm shares.
+
+    ``logits`` [B, Vp/tp]: the (vocab-sharded) next-token logits after the prompt;
+    ``step(token [B], index, finished [B] bool)`` feeds each row's new token and returns
+    the next logits [B, Vp/tp]. Rows that produced ``eod_id`` are ``finished``: they are
+    fed ``eod_id`` and their outputs are ignored. ``forced_tokens`` [B, max_new_tokens]:
+    tokens to emit instead of sampled ones (benchmarks: real text's sentence lengths under
+    random weights).
+    """
+    sampling = sampling or SamplingConfig()
+    generator = torch.Generator(device=logits.device).manual_seed(sampling.seed)
+    batch = logits.shape[0]
     out = GenerationOutput(tokens=[[] for _ in range(batch)])
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    for step in progress(range(max_new_tokens), desc="generate", unit="token", enabled=show_progress):
-        last = gather_logits(logits[:, -1], config.vocab_size).float()  # [B, V]
+    finished = torch.zeros(batch, dtype=torch.bool, device=logits.device)
+    for index in progress(range(max_new_tokens), desc="generate", unit="token", enabled=show_progress):
+        last = gather_logits(logits, vocab_size).float()  # [B, V]
         if return_logits:
             out.step_logits.append(last.cpu())
-        token = sample_next(last, sampling, generator)
+        token = sample_next(last, sampling, generator) if forced_tokens is None else forced_tokens[:, index].to(last.device)
         if eod_id is not None:
             token = token.masked_fill(finished, eod_id)
         for row in (~finished).nonzero().flatten().tolist():
             out.tokens[row].append(int(token[row]))
         if eod_id is not None:
             finished |= token == eod_id
-        if bool(finished.all()) or step == max_new_tokens - 1:
+        if bool(finished.all()) or index == max_new_tokens - 1:
             break
-        logits = model(token[:, None], (lengths + step)[:, None], torch.zeros_like(token)[:, None],
-                       kv_cache=cache).logits
+        logits = step(token, index, finished)
+    return out
+
+
+@torch.no_grad()
+def generate(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, *,
+             sampling: SamplingConfig | None = None, eod_id: int | None = None,
+             return_logits: bool = False, show_progress: bool = False,
+             forced_tokens: torch.Tensor | None = None) -> GenerationOutput:
+    """Continue each prompt by up to ``max_new_tokens`` tokens (greedy by default)."""
+    config = model.config
+    check_lengths(config, prompts, max_new_tokens)
+    input_ids, position_ids, document_ids = left_pad(prompts, 0 if eod_id is None else eod_id)
+    batch, prompt_len = input_ids.shape
+    device = model.output_weight.device
+    cache = model.new_kv_cache(batch, prompt_len + max_new_tokens)
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+
+    def step(token: torch.Tensor, index: int, finished: torch.Tensor) -> torch.Tensor:
+        return model(token[:, None], (lengths + index)[:, None], torch.zeros_like(token)[:, None],
+                     kv_cache=cache).logits[:, -1]
+
+    logits = model(input_ids.to(device), position_ids.to(device), document_ids.to(device), kv_cache=cache).logits
+    out = decode_loop(logits[:, -1], step, max_new_tokens, config.vocab_size, sampling=sampling, eod_id=eod_id,
+                      return_logits=return_logits, show_progress=show_progress, forced_tokens=forced_tokens)
+    out.kv_cache_bytes = cache.nbytes()
     return out

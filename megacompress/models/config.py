@@ -48,6 +48,14 @@ class ModelConfig:
     # megacompress.models.registry name: which model class this config builds. Fields only
     # one architecture uses are checked by that class's `validate_config`.
     architecture: str = "gpt"
+    # GPTHF (megacompress.models.gpthf): word-level encoder layers + sentence-level body
+    # layers (their sum is num_layers). 0 for every other architecture.
+    encoder_layers: int = 0
+    body_layers: int = 0
+    # Gist tokens (megacompress.models.gist): <GIST> tokens per prompt (k) and the mask
+    # variant (gist | pos_control | neg_control). Unused by every other architecture.
+    gist_tokens: int = 0
+    gist_variant: str = "gist"
 
     def __post_init__(self) -> None:
         if self.num_kv_heads is None:
@@ -136,4 +144,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                         num_heads=12, ffn_hidden_size=3072, max_seq_len=512),
     "baseline-24": dict(vocab_size=GPT2_VOCAB_WITH_SPECIALS, hidden_size=768, num_layers=24,
                         num_heads=12, ffn_hidden_size=3072, max_seq_len=512),
+    # GPTHF-E-B: E encoder + B body layers, compared with the baseline of E + B layers.
+    "tiny-gpthf": dict(vocab_size=GPT2_VOCAB_WITH_SPECIALS, hidden_size=64, num_layers=3, num_heads=4,
+                       ffn_hidden_size=176, max_seq_len=128, architecture="gpthf", encoder_layers=2, body_layers=1),
+    "gpthf-8-4": dict(vocab_size=GPT2_VOCAB_WITH_SPECIALS, hidden_size=768, num_layers=12, num_heads=12,
+                      ffn_hidden_size=3072, max_seq_len=512, architecture="gpthf", encoder_layers=8, body_layers=4),
+    "gpthf-16-8": dict(vocab_size=GPT2_VOCAB_WITH_SPECIALS, hidden_size=768, num_layers=24, num_heads=12,
+                       ffn_hidden_size=3072, max_seq_len=512, architecture="gpthf", encoder_layers=16,
+                       body_layers=8),
 }

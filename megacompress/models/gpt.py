@@ -52,13 +52,17 @@ class GPT(nn.Module):
         self.embed = VocabParallelEmbedding(config.vocab_size, h, init_std=config.init_std, init_seed=seed,
                                             seed_offset="embed", vocab_multiple=VOCAB_MULTIPLE)
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
-        self.stack = TransformerStack(config, config.num_layers, seed, "stack.layers")
+        self.build_layers(config, seed)
         self.norm = RMSNorm(h, config.norm_eps)
         # An untied head is a second vocab-sharded [Vp/tp, H] table (same padding and
         # sharding as the embedding), used through `parallel_lm_logits` like a tied one.
         self.lm_head = None if config.tie_embeddings else VocabParallelEmbedding(
             config.vocab_size, h, init_std=config.init_std, init_seed=seed, seed_offset="lm_head",
             vocab_multiple=VOCAB_MULTIPLE)
+
+    def build_layers(self, config: ModelConfig, seed: int) -> None:
+        """The transformer layers between embedding and final norm (GPTHF overrides this)."""
+        self.stack = TransformerStack(config, config.num_layers, seed, "stack.layers")
 
     @property
     def output_weight(self) -> torch.Tensor:
@@ -108,11 +112,12 @@ class GPT(nn.Module):
             return ModelOutput(logits)
         return ModelOutput(logits, *language_model_loss(logits, labels, self.config.vocab_size))
 
-    def new_kv_cache(self, batch_size: int, max_len: int) -> KVCache:
-        """An empty cache for this model on this TP rank (dtype/device of the weights)."""
+    def new_kv_cache(self, batch_size: int, max_len: int, num_layers: int | None = None) -> KVCache:
+        """An empty cache for this model on this TP rank (dtype/device of the weights);
+        ``num_layers`` (default all) for a model with several stacks."""
         weight = self.output_weight
         tp = state.get_tensor_parallel_world_size()
-        return KVCache(self.config.num_layers, batch_size, self.config.num_kv_heads // tp,
+        return KVCache(num_layers or self.config.num_layers, batch_size, self.config.num_kv_heads // tp,
                        self.config.head_dim, max_len, dtype=weight.dtype, device=weight.device)
 
     def save_pretrained(self, directory: str | Path) -> None:

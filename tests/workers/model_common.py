@@ -1,8 +1,12 @@
 """Shared by the model TP worker and tests/test_model_tp.py: the config and batch both sides use."""
 
+import argparse
+import os
+
 import torch
 
 from megacompress.models.config import ModelConfig
+from megacompress.parallel import sharding, state
 
 
 def small_config() -> ModelConfig:
@@ -21,3 +25,22 @@ def make_batch(config: ModelConfig) -> dict[str, torch.Tensor]:
     labels[0, 4] = labels[0, 11:] = -100  # document ends and padding
     labels[1, 15] = -100
     return dict(input_ids=input_ids, position_ids=position_ids, document_ids=document_ids, labels=labels)
+
+
+def gathered_grads(model, vocab_size: int) -> dict[str, torch.Tensor]:
+    """Every parameter's full gradient: TP shards gathered, the embedding cut to the real vocabulary."""
+    grads = {}
+    for name, p in model.named_parameters():
+        g = sharding.gather(p.grad, p.partition_dim) if getattr(p, "tensor_model_parallel", False) else p.grad
+        grads[name] = g[:vocab_size] if name == "embed.weight" else g
+    return grads
+
+
+def start_tp_worker() -> argparse.Namespace:
+    """A TP worker's start: ``--out DIR``, one thread, TP = world size over gloo."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    state.initialize(tensor_parallel_size=int(os.environ["WORLD_SIZE"]), backend="gloo")
+    return args

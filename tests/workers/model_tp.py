@@ -5,39 +5,30 @@ parameter (vocab tables cut to the real vocabulary) and generated tokens; TP ran
 writes ``--out/pretrained`` (save_pretrained).
 """
 
-import argparse
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from model_common import make_batch, small_config  # noqa: E402
+from model_common import gathered_grads, make_batch, small_config, start_tp_worker  # noqa: E402
 
 from megacompress.generation.generate import generate  # noqa: E402
 from megacompress.generation.sampling import SamplingConfig  # noqa: E402
 from megacompress.models.gpt import GPT  # noqa: E402
 from megacompress.models.outputs import gather_logits
 from megacompress.models.pretrained import full_state_dict  # noqa: E402
-from megacompress.parallel import sharding, state  # noqa: E402
+from megacompress.parallel import state  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    state.initialize(tensor_parallel_size=int(os.environ["WORLD_SIZE"]), backend="gloo")
+    args = start_tp_worker()
     config = small_config()
     model = GPT(config, seed=7)
     batch = make_batch(config)
     out = model(**batch)
     out.loss.backward()
-    grads = {}
-    vocab_rows = {"embed.weight": config.vocab_size}
-    for name, p in model.named_parameters():
-        g = sharding.gather(p.grad, p.partition_dim) if getattr(p, "tensor_model_parallel", False) else p.grad
-        grads[name] = g[:vocab_rows[name]] if name in vocab_rows else g
+    grads = gathered_grads(model, config.vocab_size)
     prompts = [[5, 6, 7], [1, 2, 3, 4, 5, 6], [9]]
     greedy = generate(model, prompts, 5).tokens
     sampled = generate(model, prompts, 5, sampling=SamplingConfig(temperature=1.0, top_k=20, seed=3)).tokens
