@@ -67,12 +67,16 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from megacompress.data.indexed import ShardError
     from megacompress.data.registry import DataConfigError
     from megacompress.data.sentences import SentenceModelError
+    from megacompress.data.tokenizers import TokenizerMismatch
+    from megacompress.generation.generate import GenerationRequestError
+    from megacompress.models.kv_cache import KVCacheOverflow
     from megacompress.models.config import ConfigError
     from megacompress.training.checkpoint import CheckpointError
     from megacompress.training.config import TrainConfigError
 
     return (ConfigError, TrainConfigError, DataConfigError, ShardError, SentenceModelError, CheckpointError,
-            FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+            TokenizerMismatch, GenerationRequestError, KVCacheOverflow, FileNotFoundError, NotADirectoryError,
+            IsADirectoryError, PermissionError)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

@@ -16,11 +16,12 @@ parallelism run it under ``torchrun --nproc-per-node TP -m megacompress.generate
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
-from megacompress.data.tokenizers import TOKENIZER_KINDS, build_tokenizer, model_tokenizer
+from megacompress import cli
+from megacompress.data.tokenizers import (TOKENIZER_KINDS, TokenizerMismatch, build_tokenizer, check_model_tokenizer,
+                                          model_tokenizer)
 from megacompress.generation import gpthf
 from megacompress.generation.generate import generate
 from megacompress.generation.sampling import SamplingConfig
@@ -30,23 +31,23 @@ from megacompress.parallel import state
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m megacompress.generate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("megacompress.generate", __doc__)
     parser.add_argument("--model", required=True, help="save_pretrained directory")
     parser.add_argument("--prompt", action="append", required=True,
                         help="prompt text; repeat for a batch of prompts")
-    parser.add_argument("--max-new-tokens", type=int, default=50)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate per prompt")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=0, help="0 = off")
     parser.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (same on every rank)")
     parser.add_argument("--tokenizer", default=None, choices=TOKENIZER_KINDS,
-                        help="default: the model directory's tokenizer.json (hf) if it has one, else gpt2")
+                        help="default: the tokenizer the model directory records (export writes it; an imported "
+                             "model's tokenizer.json), else gpt2; another one than recorded is refused")
     parser.add_argument("--tokenizer-model", default=None, help="SentencePiece .model file / hf tokenizer.json")
     parser.add_argument("--no-stop-at-eod", action="store_true", help="keep generating after end-of-document")
-    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="run under torchrun with this many ranks")
     parser.add_argument("--mode", choices=["fast", "slow"], default="fast",
-                        help="fast: KV-cached (GPTHF: sentence caches; default); slow: rerun the whole sequence per token")
+                        help="fast: KV-cached (GPTHF: sentence caches); slow: rerun the whole sequence per token")
     parser.add_argument("--sentence-model", default=None,
                         help="GPTHF: Punkt model splitting the prompt (e.g. the train shard's .sentences.json)")
     parser.add_argument("--prompt-ends-sentence", action="store_true",
@@ -57,12 +58,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     state.initialize(tensor_parallel_size=args.tensor_parallel_size)
-    tokenizer = (build_tokenizer(args.tokenizer, args.tokenizer_model) if args.tokenizer
-                 else model_tokenizer(args.model))
+    if args.tokenizer:
+        tokenizer = build_tokenizer(args.tokenizer, args.tokenizer_model)
+        check_model_tokenizer(args.model, tokenizer)
+    else:
+        tokenizer = model_tokenizer(args.model)
     model = load_pretrained(args.model).eval()
     if tokenizer.vocab_size > model.config.vocab_size:
-        sys.exit(f"error: tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens but the model in "
-                 f"{args.model} only {model.config.vocab_size}")
+        raise TokenizerMismatch(f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens but the model in "
+                                f"{args.model} only {model.config.vocab_size}")
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     options = dict(sampling=sampling, eod_id=None if args.no_stop_at_eod else tokenizer.eod,
                    show_progress=state.get_rank() == 0)
@@ -91,4 +95,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run(main))

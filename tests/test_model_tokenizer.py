@@ -40,3 +40,30 @@ def test_a_directory_without_a_record_assumes_gpt2_with_a_warning(tmp_path):
         warnings.simplefilter("always")
         assert model_tokenizer(str(tmp_path)).name == "gpt2"
     assert any("records no tokenizer" in str(w.message) for w in caught)
+
+
+def test_generate_cli_uses_the_recorded_tokenizer_and_refuses_another(tmp_path):
+    import subprocess
+    import sys
+
+    from distributed_helpers import REPO_ROOT, cpu_env
+
+    from megacompress.models import GPT, ModelConfig
+
+    GPT(ModelConfig(vocab_size=259, hidden_size=32, num_layers=1, num_heads=2, ffn_hidden_size=64,
+                    max_seq_len=32)).save_pretrained(tmp_path)
+    save_tokenizer(build_tokenizer("bytes"), str(tmp_path))
+
+    def generate(*extra):
+        return subprocess.run([sys.executable, "-m", "megacompress.generate", "--model", str(tmp_path), "--prompt",
+                               "Hi", "--max-new-tokens", "3", *extra], cwd=REPO_ROOT, env=cpu_env(),
+                              capture_output=True, text=True, timeout=120)
+
+    ok = generate()
+    assert ok.returncode == 0 and ok.stdout.startswith("=== prompt: 'Hi'"), ok.stderr[-2000:]
+    for extra, message in ((["--tokenizer", "gpt2"], "is not the tokenizer"),
+                           (["--max-new-tokens", "40"], "exceeds the model's max_seq_len 32")):
+        bad = generate(*extra)
+        errors = [line for line in bad.stderr.splitlines() if line.startswith("error: ")]
+        assert bad.returncode == 2 and len(errors) == 1 and message in errors[0], bad.stderr[-2000:]
+        assert "Traceback" not in bad.stderr

@@ -350,6 +350,10 @@ class HFTokenizer(_Specials):
         h.update(self._serialized.encode())
 
 
+class TokenizerMismatch(ValueError):
+    """A tokenizer that is not the one a model or shard was made with."""
+
+
 # A model directory's record of the tokenizer it was trained with (written by checkpoint
 # export): {"kind", "fingerprint", "vocab_size", "model_file"}; the SentencePiece model or
 # Hugging Face tokenizer.json itself is copied beside it.
@@ -391,7 +395,8 @@ def model_tokenizer(model_dir: str) -> Tokenizer:
         model_file = record.get("model_file")
         tokenizer = build_tokenizer(record["kind"], os.path.join(model_dir, model_file) if model_file else None)
         if tokenizer.fingerprint() != record["fingerprint"]:
-            raise ValueError(f"{record_path}: the tokenizer files beside it do not match the recorded fingerprint")
+            raise TokenizerMismatch(f"{record_path}: the tokenizer files beside it do not match the recorded "
+                                    "fingerprint")
         return tokenizer
     if os.path.isfile(os.path.join(model_dir, TOKENIZER_JSON)):
         return HFTokenizer(model_dir)
@@ -409,7 +414,7 @@ def check_model_tokenizer(model_dir: str, tokenizer: Tokenizer) -> None:
     with open(record_path) as f:
         record = json.load(f)
     if record["fingerprint"] != tokenizer.fingerprint():
-        raise ValueError(f"--tokenizer {tokenizer.name} (fingerprint {tokenizer.fingerprint()[:12]}) is not the "
+        raise TokenizerMismatch(f"--tokenizer {tokenizer.name} (fingerprint {tokenizer.fingerprint()[:12]}) is not the "
                          f"tokenizer {model_dir} was trained with ({record['kind']}, fingerprint "
                          f"{record['fingerprint'][:12]}, {record_path}); leave --tokenizer out to use it")
 

@@ -55,16 +55,20 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return input_ids, position_ids, document_ids
 
 
+class GenerationRequestError(ValueError):
+    """Prompts or lengths the model cannot serve (a user error: the message says which)."""
+
+
 def check_lengths(config, prompts: list[list[int]], max_new_tokens: int) -> None:
-    """ValueError unless every prompt + ``max_new_tokens`` fits the model's ``max_seq_len``."""
+    """`GenerationRequestError` unless every prompt + ``max_new_tokens`` fits ``max_seq_len``."""
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        raise GenerationRequestError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("generate: every prompt needs at least one token")
+        raise GenerationRequestError("generate: every prompt needs at least one token")
     prompt_len = max(len(p) for p in prompts)
     total = prompt_len + max_new_tokens
     if total > config.max_seq_len:
-        raise ValueError(f"longest prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) = {total} "
+        raise GenerationRequestError(f"longest prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) = {total} "
                          f"exceeds the model's max_seq_len {config.max_seq_len}")
 
 
