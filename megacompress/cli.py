@@ -85,10 +85,6 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 def quiet_warnings() -> None:
     """Rank 0: each warning once, as one line; other ranks: none."""
-    import torch
-
-    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
-        os.environ["DS_ACCELERATOR"] = "cpu"  # what DeepSpeed picks anyway, minus its notice
     warnings.formatwarning = _one_line_warning
     if is_rank_zero():
         warnings.simplefilter("once")

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from megacompress import cli
 from megacompress.atomic import write_text_atomic
 
 def _common(p: argparse.ArgumentParser, model_help: str = "gist model directory") -> None:
@@ -36,8 +37,7 @@ def _common(p: argparse.ArgumentParser, model_help: str = "gist model directory"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m megacompress.gist", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("megacompress.gist", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("init", help="make a gist model from a pretrained one")
     p.add_argument("--model", required=True, help="pretrained model directory (e.g. from import-gguf)")
@@ -184,10 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(run(args))
     except (ValueError, FileNotFoundError) as exc:  # ours are ValueError subclasses naming file + problem
+        if args.debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return cli.EXIT_USAGE
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run(main))

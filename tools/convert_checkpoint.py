@@ -5,7 +5,8 @@ Thin wrapper around ``megacompress.training.convert``; run with ``--help`` for u
 
 import sys
 
+from megacompress import cli
 from megacompress.training.convert import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

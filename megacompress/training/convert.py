@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 from deepspeed.checkpoint.constants import AUTOTP_UNSUPPORTED_PARAMETER_PATTERNS, UNIVERSAL_CHECKPOINT_INFO
 
+from megacompress import cli
 from megacompress.atomic import write_text_atomic
 from megacompress.models.model_io_cli import ConversionError, add_model_commands, run_model_command
 from megacompress.parallel.layers import VocabParallelEmbedding
@@ -52,9 +53,14 @@ from megacompress.training.checkpoint import MANIFEST, CheckpointError, list_fil
 
 
 def _resolve(ckpt_dir: Path, tag: str | None) -> tuple[str, dict]:
+    if not ckpt_dir.is_dir():
+        raise CheckpointError(f"checkpoint directory {ckpt_dir} does not exist")
     tag = tag or read_latest(ckpt_dir)
     if tag is None:
-        raise CheckpointError(f"{ckpt_dir} has no 'latest' file; pass --tag")
+        raise CheckpointError(f"{ckpt_dir} has no 'latest' file (no committed checkpoint); pass --tag")
+    if not (ckpt_dir / tag).is_dir():
+        tags = sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and not p.name.endswith(".tmp"))
+        raise CheckpointError(f"{ckpt_dir} has no checkpoint tag {tag!r} (it has: {', '.join(tags) or 'none'})")
     return tag, read_manifest(ckpt_dir / tag)
 
 
@@ -201,9 +207,8 @@ def _save_run_tokenizer(section: dict, out_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python tools/convert_checkpoint.py",
-                                     description=__doc__.split("\n\n")[0],
-                                     epilog="See docs/training.md, 'Checkpoints'.")
+    parser = cli.parser("megacompress.training.convert", __doc__.split("\n\n")[0],
+                        script="tools/convert_checkpoint.py", epilog="See docs/training.md, 'Checkpoints'.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("to-universal", "DeepSpeed universal checkpoint (resume on another DP size)"),
                             ("export", "consolidated model.safetensors + config.json")):
@@ -221,11 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             out = run_model_command(args)
     except (CheckpointError, ConversionError) as exc:
+        if args.debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return cli.EXIT_USAGE
     print(f"wrote {out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))
