@@ -15,7 +15,8 @@ A kind is registered once, with ``register_dataset_kind(name, build, batch_keys,
 Every dataset object has a ``batch_keys`` attribute, the exact key set of its
 samples (``dataset_batch_keys`` reads it), so a trainer can check a dataset
 against the inputs its model declares. Built-in kinds, registered at the end of
-this module: ``gpt`` (``GPTDataset``) and ``document`` (``DocumentDataset``). A
+this module: ``gpt`` (``GPTDataset``), ``document`` (``DocumentDataset``),
+``instruction`` (gist fine-tuning records) and ``bitstream`` (Equal-Info tokens). A
 new kind registers next to them (or from a module imported before datasets are
 built); the builder needs no change.
 """
@@ -25,9 +26,11 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
+from megacompress.data.bitstream_dataset import build_bitstream
 from megacompress.data.collate import TOKEN_BATCH_KEYS
 from megacompress.data.document_dataset import SENTENCE_BATCH_KEYS, DocumentDataset, DocumentDatasetConfig
 from megacompress.data.gpt_dataset import GPTDataset, GPTDatasetConfig
+from megacompress.data.instruction_dataset import INSTRUCTION_BATCH_KEYS, build_instruction
 
 
 class DataConfigError(ValueError):
@@ -109,11 +112,5 @@ def _build_document(prefix, meta, config, seq_length, num_samples, document_rang
 
 register_dataset_kind("gpt", _build_gpt, TOKEN_BATCH_KEYS)
 register_dataset_kind("document", _build_document, TOKEN_BATCH_KEYS, SENTENCE_BATCH_KEYS - TOKEN_BATCH_KEYS)
-
-from megacompress.data.instruction_dataset import INSTRUCTION_BATCH_KEYS, build_instruction  # noqa: E402
-
 register_dataset_kind("instruction", build_instruction, INSTRUCTION_BATCH_KEYS)  # gist fine-tuning (SPEC §2)
-
-from megacompress.data.bitstream_dataset import build_bitstream  # noqa: E402
-
 register_dataset_kind("bitstream", build_bitstream, TOKEN_BATCH_KEYS)  # compressed-text tokens (SPEC §3)
