@@ -58,63 +58,58 @@ def init_state(st):
 
 
 @njit(cache=True)
-def _emit(st, bit, out):
-    # One settled bit, then the pending opposite bits; `out` stores what fits.
-    n = st[NBITS]
-    if n < out.shape[0]:
-        out[n] = bit
-    n += 1
-    if bit:
-        st[LAST_ONE] = n
-    p = st[PENDING]
-    for _ in range(p):
-        if n < out.shape[0]:
-            out[n] = 1 - bit
-        n += 1
-    if p > 0 and bit == 0:
-        st[LAST_ONE] = n
-    st[PENDING] = 0
-    st[NBITS] = n
-
-
-@njit(cache=True)
-def _next_bit(st, bits, nbits):
-    i = st[READ]
-    st[READ] = i + 1
-    return np.int64(bits[i]) if i < nbits else np.int64(0)
-
-
-@njit(cache=True)
 def _narrow(st, cdf, s, out, bits, nbits, decoding):
-    """Shrink the interval to symbol ``s`` and renormalise (encoder: emit into ``out``;
-    decoder: also shift the value register in from ``bits``)."""
+    """Shrink the interval to symbol ``s`` and renormalise (encoder: emit into ``out`` while it
+    fits; decoder: also shift the value register in from ``bits``, zeros past ``nbits``)."""
     low = st[LOW]
     r = st[HIGH] - low + 1
     high = low + ((r * np.int64(cdf[s + 1])) >> PRECISION) - 1
     low = low + ((r * np.int64(cdf[s])) >> PRECISION)
-    value = st[VALUE]
+    # The state stays in locals through the loop and is stored once: kept in the array, every
+    # emitted bit would load and store its fields (the coder's main cost).
+    value, pending, n, last_one, read = st[VALUE], st[PENDING], st[NBITS], st[LAST_ONE], st[READ]
+    cap = out.shape[0]
     while True:
         if high < _HALF:
-            _emit(st, 0, out)
+            bit = 0
         elif low >= _HALF:
-            _emit(st, 1, out)
+            bit = 1
             low -= _HALF
             high -= _HALF
             value -= _HALF
         elif low >= _Q1 and high < _Q3:
-            st[PENDING] += 1
+            bit = -1  # E3: the bit is not settled yet, only counted
+            pending += 1
             low -= _Q1
             high -= _Q1
             value -= _Q1
         else:
             break
+        if bit >= 0:  # one settled bit, then the pending opposite bits
+            if n < cap:
+                out[n] = bit
+            n += 1
+            if bit:
+                last_one = n
+            if pending > 0:
+                for i in range(n, min(n + pending, cap)):
+                    out[i] = 1 - bit
+                n += pending
+                if bit == 0:
+                    last_one = n
+                pending = 0
         low = low << 1
         high = (high << 1) | 1
         if decoding:
-            value = (value << 1) | _next_bit(st, bits, nbits)
+            value = (value << 1) | (np.int64(bits[read]) if read < nbits else np.int64(0))
+            read += 1
     st[LOW] = low
     st[HIGH] = high
     st[VALUE] = value
+    st[PENDING] = pending
+    st[NBITS] = n
+    st[LAST_ONE] = last_one
+    st[READ] = read
 
 
 @njit(cache=True)
@@ -145,9 +140,10 @@ def init_decoder(st, bits, nbits):
     """Start decoding the code ``bits[:nbits]`` (followed by zeros)."""
     init_state(st)
     value = np.int64(0)
-    for _ in range(32):
-        value = (value << 1) | _next_bit(st, bits, nbits)
+    for i in range(32):
+        value = (value << 1) | (np.int64(bits[i]) if i < nbits else np.int64(0))
     st[VALUE] = value
+    st[READ] = 32
 
 
 @njit(cache=True)

@@ -199,11 +199,9 @@ def _save_run_tokenizer(section: dict, out_dir: Path) -> None:
     from megacompress.data.tokenizers import build_tokenizer, save_tokenizer
 
     try:
-        tokenizer = build_tokenizer(section.get("kind", "gpt2"), section.get("model_path") or None)
-    except (OSError, ValueError) as exc:  # e.g. a SentencePiece model that has moved since training
+        save_tokenizer(build_tokenizer(section.get("kind", "gpt2"), section.get("model_path") or None), str(out_dir))
+    except (OSError, ValueError) as exc:  # a SentencePiece model moved since training; a bitstream tokenizer
         print(f"warning: the run's tokenizer is not recorded in {out_dir}: {exc}", file=sys.stderr)
-        return
-    save_tokenizer(tokenizer, str(out_dir))
 
 
 def main(argv: list[str] | None = None) -> int:
