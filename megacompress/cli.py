@@ -20,6 +20,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable
+from typing import NoReturn
 
 EXIT_USAGE = 2
 
@@ -29,7 +30,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "%(default)" not in text and action.default not in (None, False, [], "", argparse.SUPPRESS):
+        if "default" not in text and action.default not in (None, False, [], "", argparse.SUPPRESS):
             text += " (default: %(default)s)"
         return text
 
@@ -91,6 +92,15 @@ def quiet_warnings() -> None:
     else:
         warnings.simplefilter("ignore")
         logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
+
+
+def die(exc: BaseException, debug: bool = False) -> NoReturn:
+    """End a CLI on a user error: one ``error: ...`` line (rank 0) and exit status 2."""
+    if debug:
+        raise exc
+    if is_rank_zero():
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_USAGE) from None
 
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from megacompress import cli
 from megacompress.compression.codec import M1_SCHEMES, SCHEMES, CodecConfig, build_codec
 from megacompress.compression.shards import BitstreamShardWriter, read_meta, ShardMismatchError
 from megacompress.data import readers
@@ -206,10 +207,12 @@ def format_summary(s: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tools/compress_corpus.py", description=__doc__.split("\n")[0])
+    p = cli.parser("megacompress.compression.compress", __doc__.split("\n")[0], script="tools/compress_corpus.py")
     p.add_argument("--input", nargs="+", required=True, help="files or globs (.jsonl, .json, .parquet, .txt)")
     p.add_argument("--output-prefix", required=True, help="shards go to OUTPUT_PREFIX_{key}_document")
-    p.add_argument("--scheme", choices=SCHEMES, default="equal_info")
+    p.add_argument("--scheme", choices=SCHEMES, default="equal_info",
+                   help="equal_info: M1 + arithmetic coding in fixed-bit windows; ac: one M1 code per document; "
+                        "static_ac, gzip, bytes: baselines")
     p.add_argument("--m1", help="exported M1 directory (model.safetensors + config.json); equal_info and ac")
     p.add_argument("--window-bits", type=int, default=16, help="b: code bits per Equal-Info window (default 16)")
     p.add_argument("--vocab", type=int, choices=(256, 65536), default=65536, help="v: token vocabulary")
@@ -229,6 +232,6 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         summary = compress(cfg)
     except (ValueError, OSError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+        cli.die(exc, a.debug)
     print(format_summary(summary), flush=True)
     return summary

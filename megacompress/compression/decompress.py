@@ -8,10 +8,10 @@ non-zero naming the shard file and the document.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
+from megacompress import cli
 from megacompress.atomic import atomic_write
 from megacompress.compression.codec import M1_SCHEMES, CodecConfig, CorruptStreamError, build_codec
 from megacompress.compression.shards import ShardMismatchError, check_m1, document_info, read_documents, read_meta
@@ -49,7 +49,7 @@ def decompress(input_prefix: str, output: str, m1_dir: str | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="tools/decompress_corpus.py", description=__doc__.split("\n")[0])
+    p = cli.parser("megacompress.compression.decompress", __doc__.split("\n")[0], script="tools/decompress_corpus.py")
     p.add_argument("--m1", help="the exported M1 the shard was made with (equal_info and ac)")
     p.add_argument("--input-prefix", required=True, help="a shard prefix (OUTPUT_PREFIX_{key}_document)")
     p.add_argument("--output", required=True, help="JSON-lines file to write")
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         s = decompress(a.input_prefix, a.output, a.m1)
     except (CorruptStreamError, ShardMismatchError, ValueError, OSError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+        cli.die(exc, a.debug)
     print(f"done: {s['documents']} documents, {s['bytes']:,} bytes in {s['seconds']:.2f} s "
           f"({s['bytes'] / max(s['seconds'], 1e-9) / 1e3:,.1f} kB/s) -> {a.output}", flush=True)
     return s

@@ -13,13 +13,13 @@ block a fresh context (slightly pessimistic for documents longer than one block)
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
 import numpy as np
 import torch
 
+from megacompress import cli
 from megacompress.compression.shards import document_info
 from megacompress.data.builder import read_shard_meta
 from megacompress.data.indexed import IndexedDataset
@@ -74,7 +74,7 @@ def bits_per_byte(model, prefix: str, tokenizer_model: str | None = None, max_do
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m megacompress.compression.evaluate", description=__doc__.split("\n")[0])
+    p = cli.parser("megacompress.compression.evaluate", __doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="exported model directory (save_pretrained / export)")
     p.add_argument("--data-prefix", required=True, help="shard prefix: bitstream, or token shard with meta.json")
     p.add_argument("--tokenizer-model", help="SentencePiece .model, if the shard's meta does not locate it")
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         result = bits_per_byte(load_pretrained(a.model), a.data_prefix, a.tokenizer_model, a.max_documents)
     except (ValueError, OSError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+        cli.die(exc, a.debug)
     print(json.dumps(result))
     return result
 

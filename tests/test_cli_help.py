@@ -1,0 +1,67 @@
+"""Consistent CLIs (issue 13, part 12): every entry point's --help shows the name it was run by,
+plain text (no reStructuredText markup) and help for every flag; a user error is one line."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+from distributed_helpers import REPO_ROOT, cpu_env
+
+CLIS = [
+    (["-m", "megacompress.train"], "python -m megacompress.train"),
+    (["-m", "megacompress.generate"], "python -m megacompress.generate"),
+    (["-m", "megacompress.gist"], "python -m megacompress.gist"),
+    (["-m", "megacompress.data.preprocess"], "python -m megacompress.data.preprocess"),
+    (["tools/preprocess_data.py"], "python tools/preprocess_data.py"),
+    (["tools/convert_checkpoint.py"], "python tools/convert_checkpoint.py"),
+    (["tools/plot_run.py"], "python tools/plot_run.py"),
+    (["tools/compress_corpus.py"], "python tools/compress_corpus.py"),
+    (["tools/decompress_corpus.py"], "python tools/decompress_corpus.py"),
+    (["-m", "megacompress.compression.evaluate"], "python -m megacompress.compression.evaluate"),
+    (["launchers/torchrun.py"], "python launchers/torchrun.py"),
+    (["launchers/slurm.py"], "python launchers/slurm.py"),
+    (["launchers/slurm_job.py"], "python launchers/slurm_job.py"),
+    (["launchers/deepspeed_launch.py"], "python launchers/deepspeed_launch.py"),
+]
+
+
+def flags_without_help(text: str) -> list[str]:
+    """Option lines of argparse's help with nothing after the flag and no indented line below."""
+    lines = text.splitlines()
+    bare = []
+    for i, line in enumerate(lines):
+        match = re.match(r"^  (-[-\w]+(?:[ ,][^ ]+)*)$", line)
+        if match and not (i + 1 < len(lines) and lines[i + 1].startswith(" " * 8)):
+            bare.append(match.group(1))
+    return bare
+
+
+@pytest.mark.parametrize("argv, prog", CLIS, ids=[c[1] for c in CLIS])
+def test_help_is_plain_and_complete(argv, prog):
+    proc = subprocess.run([sys.executable, *argv, "--help"], cwd=REPO_ROOT, env=cpu_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"usage: {prog} "), proc.stdout[:200]
+    assert "``" not in proc.stdout and ":class:" not in proc.stdout and ":func:" not in proc.stdout
+    assert flags_without_help(proc.stdout) == [], proc.stdout
+    assert proc.stderr.strip() == "", proc.stderr  # no import-time notices
+
+
+def test_user_errors_are_one_line_with_exit_2(tmp_path):
+    cases = [
+        (["-m", "megacompress.train", "--set", "schedule.train_stepz=3"], "unknown config key 'schedule.train_stepz'"),
+        (["-m", "megacompress.train", "--set", f"data.data_path=[{tmp_path}/none_text_document]",
+          "--set", f"logging.run_dir={tmp_path}/run"], "shard not found"),
+        (["tools/convert_checkpoint.py", "export", str(tmp_path / "nope"), str(tmp_path / "out")],
+         "checkpoint directory"),
+        (["tools/preprocess_data.py", "--input", str(tmp_path), "--output-prefix", str(tmp_path / "o")],
+         "is a directory"),
+        (["-m", "megacompress.generate", "--model", str(tmp_path / "nope"), "--prompt", "x"], "not found"),
+    ]
+    for argv, message in cases:
+        proc = subprocess.run([sys.executable, *argv], cwd=REPO_ROOT, env=cpu_env(), capture_output=True, text=True,
+                              timeout=120)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], (argv, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
