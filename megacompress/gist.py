@@ -180,9 +180,9 @@ def _evaluate(args, model, fmt, tokenizer) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_grad_enabled(False)
     try:
-        print(run(args))
+        with torch.no_grad():  # scoped: main() is also called in-process (tests, notebooks)
+            print(run(args))
     except (ValueError, FileNotFoundError) as exc:  # ours are ValueError subclasses naming file + problem
         if args.debug:
             raise

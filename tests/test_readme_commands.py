@@ -21,7 +21,10 @@ import pytest
 from distributed_helpers import REPO_ROOT, cpu_env
 
 TRAIN_OVERRIDES = ["--set", "schedule.train_steps=4", "--set", "eval.iters=1", "--set", "checkpoint.interval=0"]
-SKIP_WORDS = ("make ", "slurm", "hostfile", "--gpus", "benchmarks/", "pip install", "launchers/", "sbatch")
+# Not cheap or not self-contained: GPU / cluster / ../shared data / the optional SmolLM2 file,
+# benchmarks, and Equal-Info compression with a paper-size M1 (minutes of CPU per MB).
+SKIP_WORDS = ("make ", "slurm", "hostfile", "--gpus", "benchmarks/", "pip install", "launchers/", "sbatch",
+              "../shared", "GGUF", "gist", "configs/m1.yaml", "_corpus.py", "runs/m2", "runs/eq")
 LINKED = ("data", "configs", "ds_configs", "tools", "megacompress", "examples", "launchers", ".venv")
 
 
