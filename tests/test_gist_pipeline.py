@@ -111,7 +111,7 @@ def test_gist_pipeline_end_to_end(gist1, tmp_path, repo_root, capsys):
     assert gist_cli.main(["compress", "--model", str(gist1), "--instructions", str(inputs),
                           "--out", str(tmp_path / "c0")]) == 0
     assert gist_cli.main(["generate", *common, "--cache", str(tmp_path / "c0"), "--inputs", str(inputs),
-                          "--out", str(tmp_path / "x.jsonl")]) == 1
+                          "--out", str(tmp_path / "x.jsonl")]) == 2  # a user error
     assert "made by another model" in capsys.readouterr().err
 
 
