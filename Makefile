@@ -27,8 +27,10 @@ bench: install
 	$(BIN)/python benchmarks/attention.py
 	$(BIN)/python benchmarks/training.py
 
+# `make slurm-up NODES=2`: a local cluster of two nodes (127.0.0.2, 127.0.0.3).
+NODES ?= 1
 slurm-up:
-	bash tools/slurm/start_local_cluster.sh
+	bash tools/slurm/start_local_cluster.sh --nodes $(NODES)
 
 slurm-down:
 	bash tools/slurm/stop_local_cluster.sh

@@ -7,17 +7,26 @@ Bytes each GPU sends (= receives) per optimizer step with ring collectives: all-
 2(n-1)/n x size, reduce-scatter and all-gather (n-1)/n x size each. Psi = parameter count
 (a TP rank holds Psi/t), A = accumulation steps = global batch / (micro batch x DP).
 
-* ZeRO-0 (plain DP): one gradient all-reduce at the accumulation boundary: 2 Psi.
-* ZeRO-1: gradient reduce-scatter at the boundary + parameter all-gather: 2 Psi.
-* ZeRO-2: DeepSpeed reduce-scatters gradients after every micro batch: (A + 1) Psi.
-* ZeRO-3: parameters all-gathered in forward and backward, gradients reduce-scattered,
-  every micro batch: 3 A Psi.
-* TP (Megatron layout): 2 activation all-reduces per layer in forward, 2 in backward,
-  each of micro x seq x hidden values, for every micro batch (over the t ranks of a node).
+What DeepSpeed 0.19 does (checked by measurement: benchmarks/scaling.py counts the bytes
+of every collective; docs/scaling.md has the table):
 
-Gradients and gathered parameters are counted at ``--bytes`` per value (2: bf16).
-These are the formulas, not measurements; docs/scaling.md puts them next to measured
-numbers and explains how to size a job.
+* ZeRO-0 (plain DP): one gradient all-reduce at the accumulation boundary: 2 Psi.
+* ZeRO-1: the gradients are all-reduced at the boundary (stage 1 does not partition them),
+  then the updated parameters all-gathered: 3 Psi (not the textbook 2 Psi of a reduce-scatter).
+* ZeRO-2: DeepSpeed all-reduces the gradient buckets after every micro batch (each rank
+  keeps its partition), then all-gathers parameters once: (2A + 1) Psi.
+* ZeRO-3: parameters all-gathered once per micro batch and kept for the backward (they are
+  within ``stage3_max_reuse_distance``, 1e9 parameters by default), gradients
+  reduce-scattered every micro batch: 2A Psi; 3A Psi for models beyond that distance,
+  whose backward gathers them again.
+* TP (this codebase's layout): per layer, 2 forward all-reduces (attention output and MLP
+  down projection, row-parallel) and 3 backward ones (the column-parallel qkv, gate and up
+  projections each copy their input), plus the vocab-parallel embedding (forward) and LM
+  head input (backward): 5 L + 2 all-reduces of micro x seq x hidden values, and 3 of micro
+  x seq values for the vocab-parallel cross-entropy, every micro batch, over the t ranks.
+
+Gradients, gathered parameters and activations are counted at ``--bytes`` per value (2:
+bf16). docs/scaling.md puts these numbers next to measured ones and explains how to size a job.
 """
 
 from __future__ import annotations
@@ -58,17 +67,23 @@ def ring(n: int) -> float:
     return (n - 1) / n if n > 1 else 0.0
 
 
+# DeepSpeed's default stage3_max_reuse_distance: gathered parameters are kept for the backward within it.
+ZERO3_REUSE_DISTANCE = 1e9
+
+
 def dp_bytes(params: int, layout: Layout, value_bytes: int) -> float:
     """Bytes per GPU per optimizer step for the data-parallel / ZeRO collectives."""
     shard = params / layout.tp * value_bytes * ring(layout.dp)
     a = layout.accumulation
-    return {0: 2 * shard, 1: 2 * shard, 2: (a + 1) * shard, 3: 3 * a * shard}[layout.zero]
+    zero3 = (2 if params / layout.tp <= ZERO3_REUSE_DISTANCE else 3) * a
+    return {0: 2 * shard, 1: 3 * shard, 2: (2 * a + 1) * shard, 3: zero3 * shard}[layout.zero]
 
 
 def tp_bytes(config: ModelConfig, layout: Layout, value_bytes: int) -> float:
     """Bytes per GPU per optimizer step for the tensor-parallel activation all-reduces."""
-    activation = layout.micro_batch * layout.seq_len * config.hidden_size * value_bytes
-    per_micro = 4 * config.num_layers * 2 * ring(layout.tp) * activation
+    tokens = layout.micro_batch * layout.seq_len
+    all_reduce = 2 * ring(layout.tp) * value_bytes
+    per_micro = (5 * config.num_layers + 2) * tokens * config.hidden_size * all_reduce + 3 * tokens * all_reduce
     return per_micro * layout.accumulation
 
 

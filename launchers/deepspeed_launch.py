@@ -9,7 +9,8 @@ r"""Run ``megacompress.train`` under the ``deepspeed`` launcher with an MPI-styl
         --master-addr 10.0.0.1 --master-port 29500 --config configs/tiny_gpt.yaml
 
 The hostfile is read here to know the world size, the config is validated for it, and
-then this process becomes ``deepspeed ... --module megacompress.train --config ...``.
+then this process runs ``deepspeed ... --module megacompress.train --config ...`` (signals
+to the ranks; a signal-triggered checkpoint ends with exit status 75).
 With ``--no-ssh`` DeepSpeed starts only this node's ranks (global ranks from the hostfile
 order and --node-rank), so the same command works on loopback "nodes" for testing.
 """
@@ -25,7 +26,7 @@ if __package__ in (None, ""):  # `python launchers/deepspeed_launch.py`: make `l
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from launchers.common import (  # noqa: E402
-    LaunchError, add_launch_arguments, add_train_arguments, command_from_args, launch_main,
+    Launch, LaunchError, add_launch_arguments, add_train_arguments, command_from_args, launch_main,
     run_dir_override, validate)
 
 
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_command(args: argparse.Namespace) -> list[str]:
+def build_command(args: argparse.Namespace) -> Launch:
     hosts = list(read_hostfile(args.hostfile).items())
     if args.num_nodes is not None:
         if not 1 <= args.num_nodes <= len(hosts):
@@ -88,7 +89,7 @@ def build_command(args: argparse.Namespace) -> list[str]:
     command = command_from_args(args)
     if args.run_dir:
         command = command.with_overrides([run_dir_override(Path(args.run_dir).resolve())])
-    validate(command, world_size, on_gpu=args.gpus)
+    config = validate(command, world_size, on_gpu=args.gpus)
 
     launcher = shutil.which("deepspeed") or str(Path(sys.executable).with_name("deepspeed"))
     cmd = [launcher, "--hostfile", str(Path(args.hostfile).resolve()), f"--master_port={args.master_port}"]
@@ -102,7 +103,7 @@ def build_command(args: argparse.Namespace) -> list[str]:
         cmd += ["--no_ssh", f"--node_rank={args.node_rank}"]
     # The trainer reads LOCAL_RANK from the environment; it takes no --local_rank argument.
     cmd += ["--no_local_rank", "--module", args.module, *command.argv()]
-    return cmd
+    return Launch(cmd, config.run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,11 @@ The config (and every sweep entry) is loaded and validated here first, so an inv
 fails at submission with the trainer's message. Each job runs ``launchers.slurm_job.TrainJob``
 (checkpointable: SIGUSR2 before the time limit -> checkpoint -> requeue -> resume from
 ``latest``). submitit's pickles and per-task logs go to RUN_DIR/slurm/, the trainer's
-checkpoints and metrics to RUN_DIR (array task i: RUN_DIR/task_i/). See docs/launching.md.
+checkpoints and metrics to RUN_DIR (array task i: RUN_DIR/task_i/). Across nodes the ranks
+meet at the first node's address as SLURM has it (``scontrol show node``: names need not
+resolve); a failed rank ends the job's others, and a dead node fails the job (resubmit to
+resume from the last checkpoint). Every shard the config reads must exist before anything
+is submitted. See docs/launching.md.
 """
 
 from __future__ import annotations
@@ -26,7 +30,14 @@ import submitit  # noqa: E402
 from launchers.common import (  # noqa: E402
     REPO_ROOT, TRAIN_MODULE, LaunchError, add_train_arguments, cpu_environment, command_from_args, load_sweep,
     run_dir_override, validate)
-from launchers.slurm_job import TrainJob  # noqa: E402
+from launchers.slurm_job import FIRST_NODE_ADDR_ENV, TrainJob  # noqa: E402
+
+# sbatch script line (runs once, on the first node): the first node's address as SLURM has
+# it (NodeAddr), the rendezvous address of every task; node names need not resolve.
+FIRST_NODE_ADDR_SETUP = (
+    f"export {FIRST_NODE_ADDR_ENV}="
+    """$(scontrol show node -o "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)" """
+    """| tr ' ' '\\n' | sed -n 's/^NodeAddr=//p')""")
 
 
 def parse_time(text: str) -> int:
@@ -53,6 +64,27 @@ def parse_time(text: str) -> int:
     return total
 
 
+def add_queue_arguments(group) -> None:
+    """Where and how long a job may run: shared by every SLURM entry point."""
+    group.add_argument("--mem-gb", type=int, default=None, help="memory per node in GB (default: SLURM's)")
+    group.add_argument("--partition", required=True, help="SLURM partition")
+    group.add_argument("--time", required=True, help="time limit [D-]HH:MM:SS (rounded up to minutes)")
+    group.add_argument("--account", default=None, help="SLURM account to charge")
+    group.add_argument("--qos", default=None, help="SLURM quality of service")
+
+
+def queue_parameters(args: argparse.Namespace) -> dict:
+    """submitit parameters of `add_queue_arguments`' options."""
+    params = {"timeout_min": parse_time(args.time), "slurm_partition": args.partition}
+    if args.mem_gb:
+        params["mem_gb"] = args.mem_gb
+    if args.account:
+        params["slurm_account"] = args.account
+    if args.qos:
+        params["slurm_qos"] = args.qos
+    return params
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python launchers/slurm.py", description=__doc__,
@@ -66,11 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ranks per node (default: --gpus-per-node, or 1 on CPU nodes)")
     res.add_argument("--cpus-per-task", type=int, default=None,
                      help="CPU cores per rank (default: SLURM's); sets OMP_NUM_THREADS on CPU nodes")
-    res.add_argument("--mem-gb", type=int, default=None, help="memory per node in GB (default: SLURM's)")
-    res.add_argument("--partition", required=True, help="SLURM partition")
-    res.add_argument("--time", required=True, help="time limit [D-]HH:MM:SS (rounded up to minutes)")
-    res.add_argument("--account", default=None, help="SLURM account to charge")
-    res.add_argument("--qos", default=None, help="SLURM quality of service")
+    add_queue_arguments(res)
     job = parser.add_argument_group("job")
     job.add_argument("--run-dir", default=None,
                      help="checkpoints/metrics dir (default: runs/<config name>); logs in RUN_DIR/slurm")
@@ -98,27 +126,26 @@ def make_executor(args: argparse.Namespace, run_dir: Path) -> submitit.AutoExecu
     executor = submitit.AutoExecutor(folder=run_dir / "slurm" / "%j", cluster="slurm",
                                      slurm_max_num_timeout=args.max_requeues)
     params = dict(
-        nodes=args.nodes, tasks_per_node=tasks, timeout_min=parse_time(args.time),
-        name=args.job_name or f"megacompress-{Path(args.config).stem}",
-        slurm_partition=args.partition, slurm_signal_delay_s=args.signal_delay_s,
+        nodes=args.nodes, tasks_per_node=tasks, name=args.job_name or f"megacompress-{Path(args.config).stem}",
+        slurm_signal_delay_s=args.signal_delay_s,
         slurm_array_parallelism=args.array_parallelism,
         # Lines of the sbatch script, run before any task starts python: the job must import
         # `launchers` (pickled by reference) from this checkout; CPU ranks need their env
         # before torch is imported.
-        slurm_setup=[f"export PYTHONPATH={REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}",
+        slurm_setup=[f"export PYTHONPATH={REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}", FIRST_NODE_ADDR_SETUP,
                      *(f"export {k}={v}" for k, v in job_env(args).items())],
+        # A rank that fails ends the job's other ranks, instead of leaving them blocked in a
+        # collective until the time limit.
+        slurm_srun_args=["--kill-on-bad-exit=1"],
+        # A node that fails fails the job (its batch script ends with srun's error) rather
+        # than requeueing it onto nodes that may not exist; resubmitting resumes from `latest`.
+        slurm_additional_parameters={"no-kill": True},
     )
     if args.gpus_per_node > 0:
         params["gpus_per_node"] = args.gpus_per_node
     if args.cpus_per_task:
         params["cpus_per_task"] = args.cpus_per_task
-    if args.mem_gb:
-        params["mem_gb"] = args.mem_gb
-    if args.account:
-        params["slurm_account"] = args.account
-    if args.qos:
-        params["slurm_qos"] = args.qos
-    executor.update_parameters(**params)
+    executor.update_parameters(**params, **queue_parameters(args))
     return executor
 
 
@@ -143,7 +170,7 @@ def submit(args: argparse.Namespace) -> list[submitit.Job]:
     # Fail here, on the login node, not after waiting in the queue.
     configs = [validate(c, world_size, on_gpu=args.gpus_per_node > 0) for c in commands]
     executor = make_executor(args, run_dir)
-    jobs_in = [TrainJob(c, str(cfg.run_dir), gpus=args.gpus_per_node > 0, module=args.module)
+    jobs_in = [TrainJob(c, str(cfg.run_dir), str(cfg.checkpoint_dir), gpus=args.gpus_per_node > 0, module=args.module)
                for c, cfg in zip(commands, configs)]
     if args.array:
         with executor.batch():

@@ -8,7 +8,9 @@ r"""Run ``megacompress.train`` under torchrun, on one node or on several.
 
 The config is validated for the full world size (nnodes x nproc-per-node) first; then this
 process becomes ``python -m torch.distributed.run ... -m megacompress.train --config ...``
-(static rendezvous at MASTER_ADDR:MASTER_PORT, the same for every node).
+(static rendezvous at MASTER_ADDR:MASTER_PORT, the same for every node), run as a child:
+SIGTERM/SIGUSR2 sent to this process go to the ranks, and a signal-triggered checkpoint
+ends with exit status 75 (torchrun itself would exit 1).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ if __package__ in (None, ""):  # `python launchers/torchrun.py`: make `launchers
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from launchers.common import (  # noqa: E402
-    LaunchError, add_launch_arguments, add_train_arguments, command_from_args, launch_main,
+    Launch, LaunchError, add_launch_arguments, add_train_arguments, command_from_args, launch_main,
     run_dir_override, validate)
 
 
@@ -40,20 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_command(args: argparse.Namespace) -> list[str]:
+def build_command(args: argparse.Namespace) -> Launch:
     if not 0 <= args.node_rank < args.nnodes:
         raise LaunchError(f"--node-rank {args.node_rank} is not in [0, --nnodes {args.nnodes})")
     command = command_from_args(args)
     if args.run_dir:
         command = command.with_overrides([run_dir_override(Path(args.run_dir).resolve())])
-    validate(command, args.nnodes * args.nproc_per_node, on_gpu=args.gpus)
-    return [
+    config = validate(command, args.nnodes * args.nproc_per_node, on_gpu=args.gpus)
+    return Launch([
         sys.executable, "-m", "torch.distributed.run",
         f"--nnodes={args.nnodes}", f"--node-rank={args.node_rank}",
         f"--nproc-per-node={args.nproc_per_node}",
         f"--master-addr={args.master_addr}", f"--master-port={args.master_port}",
         "-m", args.module, *command.argv(),
-    ]
+    ], config.run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,58 +1,32 @@
-"""launchers/slurm.py on a real local SLURM cluster (submitit, 2 CPU tasks, gloo, ZeRO-2).
+"""launchers/slurm.py on a real one-node local SLURM cluster (submitit, 2 CPU tasks, gloo, ZeRO-2).
 
 * a 2-task job trains the tiny GPT, writes metrics and checkpoints, and matches the
   single-process losses;
 * a job sent SIGUSR2 mid-run (as SLURM does before a time limit) checkpoints, requeues
   itself through submitit, resumes from ``latest`` and ends with the same losses;
-* a job array over a two-entry sweep runs both configs;
 * an invalid config fails at submission with the trainer's validation message (no
   cluster needed: validation runs before anything talks to SLURM).
+
+Two nodes (jobs across nodes, TP across nodes, arrays, a node dying): test_slurm_multinode.py.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from distributed_helpers import REPO_ROOT
-from launch_fixtures import CONFIG, TRAIN_STEPS, read_losses, set_args, tiny_run
+from launch_fixtures import (CONFIG, TRAIN_STEPS, checked, job_field, preempt_and_resume, read_losses, set_args,
+                             slurm_launch, task_logs, tiny_run)
 from launchers import slurm
-from megacompress.training.checkpoint import SLEEP_BEFORE_COMMIT_ENV
 
 REL = 1e-5
-
-
-def slurm_launch(env: dict[str, str], run_dir: Path, *extra: str, wait: bool = True,
-                 timeout: float = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "launchers/slurm.py", "--config", str(CONFIG), "--partition", "debug",
-           "--time", "00:30:00", "--gpus-per-node", "0", "--run-dir", str(run_dir), *extra]
-    if wait:
-        cmd.append("--wait")
-    return subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
-
-
-def checked(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 0, f"launchers/slurm.py failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
-
-
-def job_field(env: dict[str, str], job_id: str, name: str) -> str:
-    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], env=env, capture_output=True, text=True)
-    match = re.search(rf"\b{name}=(\S+)", out.stdout)
-    return match.group(1) if match else ""
-
-
-def task_logs(run_dir: Path) -> str:
-    return "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((run_dir / "slurm").rglob("*_log.*")))
 
 
 @pytest.fixture(scope="module")
@@ -77,53 +51,15 @@ def test_zero2_job_trains_and_checkpoints(zero2_job, reference_losses):
 @pytest.mark.distributed
 def test_preempted_job_requeues_and_resumes(slurm_cluster, tiny_data, zero2_job, tmp_path):
     run_dir = tmp_path / "run"
-    # The 6-step job can outrun the signal; holding its step-3 checkpoint commit for 2 s
-    # (the trainer's test hook, exported to the job by sbatch) keeps it running until
-    # the signal has arrived, so it always stops mid-run.
-    env = {**slurm_cluster, SLEEP_BEFORE_COMMIT_ENV: "2"}
-    out = checked(slurm_launch(env, run_dir, "--tasks-per-node", "2", *set_args(tiny_run(tiny_data, run_dir)),
-                               wait=False))
-    job_id = re.search(r"submitted job (\S+):", out).group(1)
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + 240
-    while not (metrics.exists() and len(read_losses(run_dir)) >= 1):
-        assert time.monotonic() < deadline, f"job {job_id} made no progress\n{task_logs(run_dir)}"
-        assert job_field(env, job_id, "JobState") in ("PENDING", "RUNNING", "CONFIGURING"), task_logs(run_dir)
-        time.sleep(0.2)
-    subprocess.run(["scancel", "--signal=USR2", job_id], env=env, check=True)
-
-    # SLURM holds a requeued job for ~2 minutes (Reason=BeginTime); release it now.
-    while job_field(env, job_id, "Reason") != "BeginTime":
-        assert time.monotonic() < deadline, f"job {job_id} was not requeued\n{task_logs(run_dir)}"
-        time.sleep(0.2)
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, check=True)
-    while (state := job_field(env, job_id, "JobState")) not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
-        assert time.monotonic() < deadline, f"job {job_id} stuck in {state}\n{task_logs(run_dir)}"
-        time.sleep(0.5)
-    assert state == "COMPLETED", task_logs(run_dir)
-
-    assert job_field(env, job_id, "Restarts") == "1"
+    job_id = preempt_and_resume(slurm_cluster, run_dir, "--tasks-per-node", "2",
+                                *set_args(tiny_run(tiny_data, run_dir)))
+    assert job_field(slurm_cluster, job_id, "Restarts") == "1"
     logs = task_logs(run_dir)
     # submitit saw a preemption (not a time-out, which would count against --max-requeues)
     assert f"Caught signal SIGUSR2 on {socket.gethostname()}: this job is preempted" in logs, logs
     assert f"Requeued job {job_id}" in logs and "resumed from" in logs, logs
     assert read_losses(run_dir) == pytest.approx(read_losses(zero2_job), rel=REL)
     assert read_losses(run_dir)[-1] == read_losses(zero2_job)[-1]
-
-
-@pytest.mark.slurm
-@pytest.mark.distributed
-def test_job_array_runs_every_sweep_entry(slurm_cluster, tiny_data, reference_losses, tmp_path):
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text("- {optimizer.lr: 1.0e-3}\n- {optimizer.lr: 3.0e-3}\n")
-    run_dir = tmp_path / "run"
-    overrides = [o for o in tiny_run(tiny_data, run_dir) if not o.startswith("logging.run_dir=")]
-    out = checked(slurm_launch(slurm_cluster, run_dir, "--array", str(sweep), *set_args(overrides)))
-    assert len(re.findall(r"submitted job \d+_\d:", out)) == 2
-    first, second = read_losses(run_dir / "task_0"), read_losses(run_dir / "task_1")
-    assert first == pytest.approx(reference_losses, rel=REL)  # entry 0 is the config's own lr
-    assert len(second) == TRAIN_STEPS and second[0] == pytest.approx(first[0], rel=REL)
-    assert second[-1] != pytest.approx(first[-1], rel=1e-3)  # a different lr trains differently
 
 
 def test_invalid_config_fails_at_submission(tmp_path, capsys):
@@ -157,7 +93,7 @@ def test_stop_script_signals_only_its_own_daemons(tmp_path):
                                 capture_output=True, text=True, check=True).stdout)
     stranger = subprocess.Popen(["sleep", "60"])
     try:
-        (tmp_path / "pids" / "slurmd.pid").write_text(f"{daemon}\n")
+        (tmp_path / "pids" / "slurmd.n1.pid").write_text(f"{daemon}\n")
         (tmp_path / "pids" / "slurmctld.pid").write_text(f"{stranger.pid}\n")
         subprocess.run(["bash", str(REPO_ROOT / "tools/slurm/stop_local_cluster.sh")], check=True, timeout=60,
                        env={"PATH": "/usr/bin:/bin", "MEGACOMPRESS_SLURM_DIR": str(tmp_path)})

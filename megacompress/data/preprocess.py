@@ -18,11 +18,13 @@ pool tokenizes them (at most ``2 * workers`` chunks in flight, so memory stays
 constant), and the parent writes results in input order. Chunking does not depend
 on ``--workers`` and ``--partitions`` only splits the stream into contiguous pieces
 that are merged back in order, so the shards are byte-identical for any value of
-either. With ``--split-sentences`` the Punkt splitter is trained once, in the parent,
-on the first ``--sentence-train-chars`` characters of the first key's text (or loaded
-from ``--sentence-model``, e.g. the train shard's ``.sentences.json``, so that every
-split of a corpus is cut by one model), and its parameters are shipped to the
-workers. Its JSON is saved beside each shard and its sha256 recorded in ``meta.json``.
+either. ``--partition-index I`` packs one partition alone (N machines or array tasks
+pack one each) and ``--merge`` joins them: see `partition_merge`. With
+``--split-sentences`` the Punkt splitter is trained once, in the parent, on the first
+``--sentence-train-chars`` characters of the first key's text (or loaded from
+``--sentence-model``, e.g. the train shard's ``.sentences.json``, so that every split
+of a corpus is cut by one model), and its parameters are shipped to the workers. Its
+JSON is saved beside each shard and its sha256 recorded in ``meta.json``.
 
 Bad records are never dropped silently: blank lines, invalid UTF-8, invalid JSON,
 non-object lines, missing keys, non-string values and invalid text are counted in
@@ -97,7 +99,7 @@ def _init_worker(tokenizer: str, tokenizer_model: str | None, keys: list[str], a
         keys=keys,
         append_eod=append_eod,
         splitter=_make_splitter(punkt_params) if punkt_params is not None else None,
-        eos=tok.special_id("eos"),
+        eos=tok.special_id("eos") if punkt_params is not None else None,  # an hf vocabulary may lack it
         dtype=np.dtype(dtype),
     )
 
@@ -340,6 +342,7 @@ def preprocess(cfg: PreprocessConfig) -> dict:
     if not direct:
         return _merge(cfg, files, tok, dtype, t0)
     summary = _summary(cfg, files, stats, total_bytes, time.perf_counter() - t0, trained_chars)
+    _require_documents(cfg, files, summary)
     _write_meta(cfg, tok, dtype, files, summary, trained_chars, model_json)
     return summary
 
@@ -414,9 +417,22 @@ def _merge(cfg: PreprocessConfig, files: list[str], tok, dtype: np.dtype, t0: fl
     total_bytes = sum(os.path.getsize(p) for p in files)
     summary = _summary(cfg, files, Counter(pm.merged_stats(records)), total_bytes, time.perf_counter() - t0,
                        trained_chars)
-    _write_meta(cfg, tok, dtype, files, summary, trained_chars, model_json)
     pm.remove_partitions(cfg.output_prefix, count, range(count), [_part_files(cfg, p) for p in range(count)])
+    _require_documents(cfg, files, summary)
+    _write_meta(cfg, tok, dtype, files, summary, trained_chars, model_json)
     return summary
+
+
+def _require_documents(cfg: PreprocessConfig, files: list[str], summary: dict) -> None:
+    """A run that wrote no document is an error, and keeps no shard that could look usable."""
+    if summary["keys"][cfg.json_keys[0]]["documents"]:  # every key has the same count (aligned)
+        return
+    for key in cfg.json_keys:
+        prefix = shard_prefix(cfg.output_prefix, key)
+        for suffix in (".bin", ".idx", ".eos.bin", ".eos.idx"):
+            Path(prefix + suffix).unlink(missing_ok=True)
+    raise readers.InputError(f"no document written, so no shard was kept ({', '.join(files)}: "
+                             + _format_summary(summary).replace("\n", "; ") + ")")
 
 
 def _write_meta(cfg: PreprocessConfig, tok, dtype: np.dtype, files: list[str], summary: dict, trained_chars: int,
@@ -448,7 +464,7 @@ def _shard_meta(cfg: PreprocessConfig, key: str, tok, dtype: np.dtype, files: li
             "model": os.path.basename(cfg.tokenizer_model) if cfg.tokenizer_model else None,
             "fingerprint": tok.fingerprint(),
             "vocab_size": tok.vocab_size,
-            "special_ids": {n: tok.special_id(n) for n in ("eod", "eos", "gist", "pad")},
+            "special_ids": tok.special_ids,
         },
         "dtype": dtype.name,
         "flags": {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the Debian packages a local single-node SLURM cluster needs
+# Install the Debian packages the local SLURM cluster (one or more nodes) needs
 # (slurmctld, slurmd, slurm-client, munge). Idempotent and non-interactive.
 # Exit codes: 0 installed (or already present), 2 cannot install (not root / apt failed);
 # tests treat 2 as "skip", everything else as failure.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stop the local SLURM cluster started by start_local_cluster.sh (or: make slurm-down).
 # Cancels the cluster's remaining jobs through SLURM, then ends exactly the daemons whose
-# pid files start_local_cluster.sh wrote (TERM, then KILL after 10 s). State dir:
+# pid files start_local_cluster.sh wrote (TERM, then KILL after 10 s): one slurmd per node
+# (pids/slurmd.NODE.pid), slurmctld, munged. State dir:
 # $MEGACOMPRESS_SLURM_DIR (default /tmp/megacompress-slurm); it is kept for its logs.
 set -uo pipefail
 
@@ -9,13 +10,14 @@ STATE=${MEGACOMPRESS_SLURM_DIR:-/tmp/megacompress-slurm}
 PIDS=$STATE/pids
 CONF=$STATE/slurm.conf
 
-# A pid file names our daemon only while that pid still runs a program of the daemon's name:
-# after a crash the pid may belong to an unrelated process, which must not be signalled.
+# A pid file names our daemon only while that pid still runs a program of the daemon's name
+# (slurmd.n1 -> slurmd): after a crash the pid may belong to an unrelated process, which
+# must not be signalled.
 alive() {
     [ -f "$PIDS/$1.pid" ] || return 1
     local pid
     pid=$(cat "$PIDS/$1.pid")
-    kill -0 "$pid" 2>/dev/null && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ]
+    kill -0 "$pid" 2>/dev/null && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "${1%%.*}" ]
 }
 
 if alive slurmctld && [ -f "$CONF" ]; then
@@ -27,7 +29,11 @@ if alive slurmctld && [ -f "$CONF" ]; then
     done
 fi
 
-for name in slurmd slurmctld munged; do
+slurmds=()
+for file in "$PIDS"/slurmd.*.pid; do
+    [ -e "$file" ] && slurmds+=("$(basename "$file" .pid)")
+done
+for name in "${slurmds[@]}" slurmctld munged; do
     alive "$name" || { rm -f "$PIDS/$name.pid"; continue; }
     pid=$(cat "$PIDS/$name.pid")
     kill -TERM "$pid" 2>/dev/null
