@@ -35,6 +35,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 
+from megacompress import cli
 from megacompress.models.config import ModelConfig
 from megacompress.models.flops import count_parameters, flops_per_token
 
@@ -112,8 +113,7 @@ def rows(models: list[str], gpus: list[int], tps: list[int], zeros: list[int], g
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m launchers.comm_volume", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("launchers.comm_volume", __doc__, script="launchers/comm_volume.py")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--gpus", nargs="+", type=int, default=[8, 64, 512])
     parser.add_argument("--tp", nargs="+", type=int, default=[1, 2])

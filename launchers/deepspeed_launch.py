@@ -25,6 +25,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python launchers/deepspeed_launch.py`: make `launchers` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from megacompress import cli  # noqa: E402
 from launchers.common import (  # noqa: E402
     Launch, LaunchError, add_launch_arguments, add_train_arguments, command_from_args, launch_main,
     run_dir_override, validate)
@@ -54,9 +55,7 @@ def read_hostfile(path: str | Path) -> dict[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python launchers/deepspeed_launch.py",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("launchers.deepspeed_launch", __doc__, script="launchers/deepspeed_launch.py")
     add_train_arguments(parser)
     ds = parser.add_argument_group("deepspeed")
     ds.add_argument("--hostfile", required=True, help="MPI-style hostfile: 'HOST slots=N' per line")

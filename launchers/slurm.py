@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # `python launchers/slurm.py`: make `launchers` i
 
 import submitit  # noqa: E402
 
+from megacompress import cli  # noqa: E402
 from launchers.common import (  # noqa: E402
     REPO_ROOT, TRAIN_MODULE, LaunchError, add_train_arguments, cpu_environment, command_from_args, load_sweep,
     run_dir_override, validate)
@@ -86,9 +87,7 @@ def queue_parameters(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python launchers/slurm.py", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("launchers.slurm", __doc__, script="launchers/slurm.py")
     add_train_arguments(parser)
     res = parser.add_argument_group("resources")
     res.add_argument("--nodes", type=int, default=1, help="number of nodes (default: 1)")

@@ -28,8 +28,11 @@ from pathlib import Path
 
 import submitit
 
-from launchers.common import TRAIN_MODULE, TrainCommand, run_entry_point
-from megacompress.training.signals import EXIT_REQUEUE
+if __package__ in (None, ""):  # `python launchers/slurm_job.py --help`: make `launchers` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from launchers.common import TRAIN_MODULE, TrainCommand, run_entry_point  # noqa: E402
+from megacompress.training.signals import EXIT_REQUEUE  # noqa: E402
 
 # Set by the sbatch script (launchers/slurm.py FIRST_NODE_ADDR_SETUP) to the first node's NodeAddr.
 FIRST_NODE_ADDR_ENV = "MEGACOMPRESS_FIRST_NODE_ADDR"
@@ -107,3 +110,11 @@ class EntryPointJob:
         if status:
             raise RuntimeError(f"python -m {self.module} {' '.join(self.argv)} exited with status {status}")
         return status
+
+
+if __name__ == "__main__":  # not a command: what a submitted job unpickles and runs
+    from megacompress import cli
+
+    cli.parser("launchers.slurm_job", __doc__.split("\n\n")[0] + "\n\nSubmit jobs with: python launchers/slurm.py "
+               "--help", script="launchers/slurm_job.py").parse_args()
+    sys.exit("launchers/slurm_job.py is run by SLURM jobs; submit one with python launchers/slurm.py")

@@ -22,14 +22,14 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python launchers/torchrun.py`: make `launchers` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from megacompress import cli  # noqa: E402
 from launchers.common import (  # noqa: E402
     Launch, LaunchError, add_launch_arguments, add_train_arguments, command_from_args, launch_main,
     run_dir_override, validate)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python launchers/torchrun.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("launchers.torchrun", __doc__, script="launchers/torchrun.py")
     add_train_arguments(parser)
     dist = parser.add_argument_group("torchrun")
     dist.add_argument("--nproc-per-node", type=int, default=1, help="ranks on this node, one per GPU (default: 1)")
