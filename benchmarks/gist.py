@@ -11,7 +11,9 @@ with a KV cache (`megacompress.generation.gist_eval.efficiency`): FLOPs ratio of
 (gist / full), wall-clock ratio of prefill + ``--new-tokens`` tokens, KV bytes per stored prompt
 (full instruction / gists), compression factor (instruction tokens / k) and tokens/s.
 ``max_abs_logit_diff_cached_vs_masked``: the largest difference, over all k and generated steps
-of the biggest batch, between the cached logits and the gist-masked model over the full prompt.
+of the biggest batch, between the cached logits and the gist-masked model over the full prompt;
+for the first k also the same in float64 (exactness of the algorithm) and, in fp32, the masked
+model batched vs each row alone (the rounding that batch shapes alone cause).
 Writes the JSON and a PNG next to it.
 """
 
@@ -71,6 +73,22 @@ def max_logit_diff(model, fmt, records, entries, steps: int) -> float:
     return max((a - b).abs().max().item() for a, b in zip(full.step_logits, cached.step_logits))
 
 
+def batch_noise_floor(model, fmt, records, steps: int) -> float:
+    """Max logit difference of the gist-masked model over the full prompts, batched vs each row alone:
+    fp32 rounding of differently shaped batches, with no cache involved (the scale to read the cached
+    difference against)."""
+    pad = fmt.tokenizer.special_id("pad")
+    formatted = [fmt.format(r["instruction"], r.get("input", "")) for r in records]
+    batched = generate_full(model, [f.tokens for f in formatted], [f.gist_start for f in formatted], steps,
+                            pad_id=pad, return_logits=True)
+    diff = 0.0
+    for row, f in enumerate(formatted):
+        alone = generate_full(model, [f.tokens], [f.gist_start], steps, pad_id=pad, return_logits=True)
+        diff = max(diff, max((a[0] - b[row]).abs().max().item() for a, b in zip(alone.step_logits,
+                                                                               batched.step_logits)))
+    return diff
+
+
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -108,6 +126,12 @@ def main() -> int:
         with torch.inference_mode():
             entries = gist_cache.compress(model, fmt, [r["instruction"] for r in records])
             diffs.append(max_logit_diff(model, fmt, records, entries, min(new_tokens, 8)))
+            if k == ks[0]:  # is the difference more than fp32 rounding? the same in float64, and the fp32 floor
+                double = model.double()
+                diff64 = max_logit_diff(double, fmt, records, gist_cache.compress(double, fmt, [
+                    r["instruction"] for r in records]), min(new_tokens, 8))
+                model = double.float()
+                floor = batch_noise_floor(model, fmt, records, min(new_tokens, 8))
         for batch in batches:
             row = efficiency(model, fmt, records[:batch], entries[:batch], new_tokens)
             row.update(k=k, tokens_per_second_gist=batch * new_tokens / row["total_seconds_gist"],
@@ -120,6 +144,8 @@ def main() -> int:
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to fp32)", "data": str(args.data),
         "quick": args.quick, "new_tokens": new_tokens, "threads": args.threads, "seconds": time.time() - started,
         "max_abs_logit_diff_cached_vs_masked": max(diffs),
+        f"max_abs_logit_diff_cached_vs_masked_float64_k{ks[0]}": diff64,
+        f"max_abs_logit_diff_masked_batched_vs_alone_k{ks[0]}": floor,
         "throughput_ratio_batch_max_vs_1": {k: by_batch[(k, max(batches))] / by_batch[(k, 1)] for k in ks},
         "results": results,
     }

@@ -22,8 +22,8 @@ import torch
 from megacompress import cli
 from megacompress.data.tokenizers import (TOKENIZER_KINDS, TokenizerMismatch, build_tokenizer, check_model_tokenizer,
                                           model_tokenizer)
-from megacompress.generation import gpthf
-from megacompress.generation.generate import generate
+from megacompress.generation import gpthf  # also registers GPTHF's fast generator
+from megacompress.generation.fast import fast_generator
 from megacompress.generation.sampling import SamplingConfig
 from megacompress.generation.uncached import generate_uncached
 from megacompress.models.registry import get_architecture, load_pretrained
@@ -83,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         if args.mode == "slow":
             out = generate_uncached(model, prompts, args.max_new_tokens, eos_id=eos_id, **options)
-        elif model.config.architecture == "gpthf":
-            out = gpthf.generate_fast(model, prompts, args.max_new_tokens, eos_id=eos_id, **options)
         else:
-            out = generate(model, prompts, args.max_new_tokens, **options)
+            sentences = {} if eos_id is None else {"eos_id": eos_id}
+            out = fast_generator(model.config.architecture)(model, prompts, args.max_new_tokens, **options,
+                                                            **sentences)
     if state.get_rank() == 0:
         for text, tokens in zip(args.prompt, out.tokens):  # sentence ends are not text
             print(f"=== prompt: {text!r}\n{text}{tokenizer.decode([t for t in tokens if t != eos_id])}")

@@ -160,7 +160,8 @@ def _evaluate(args, model, fmt, tokenizer) -> str:
 
     records = _records(args.data, True)[:args.limit or None]
     instructions = list(dict.fromkeys(r["instruction"] for r in records))
-    cache = dict(zip(instructions, gist_cache.compress(model, fmt, instructions, args.batch_size)))
+    cached = model.config.gist_variant == "gist"  # the controls answer over the full prompt (their mask)
+    cache = dict(zip(instructions, gist_cache.compress(model, fmt, instructions, args.batch_size))) if cached else None
     outputs = gist_generate.answer(model, fmt, records, args.max_new_tokens, cache=cache,
                                    batch_size=args.batch_size, show_progress=True)
     predictions = [tokenizer.decode(o) for o in outputs]
@@ -169,7 +170,7 @@ def _evaluate(args, model, fmt, tokenizer) -> str:
                                [len(tokenizer.encode(" " + r)) for r in references])
     batch = records[:args.batch_size]
     report["efficiency"] = gist_eval.efficiency(model, fmt, batch, [cache[r["instruction"]] for r in batch],
-                                                args.efficiency_tokens)
+                                                args.efficiency_tokens) if cached else None
     report.update(model=str(args.model), k=fmt.k, variant=model.config.gist_variant, data=str(args.data),
                   max_new_tokens=args.max_new_tokens)
     text = json.dumps(report, indent=2)

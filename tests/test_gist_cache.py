@@ -81,3 +81,10 @@ def test_stored_caches_round_trip_and_are_refused_by_another_model_or_k(gist2, t
         gist_cache.compress(model, one, instructions)
     with pytest.raises(gist_cache.GistCacheError, match="max_seq_len is 128"):
         gist_cache.compress(model, fmt, ["word " * 200])
+    for variant in ("pos_control", "neg_control"):  # their answers need the instruction / no gists
+        model.config.gist_variant = variant
+        try:
+            with pytest.raises(gist_cache.GistCacheError, match=f"a {variant} model has no gist cache"):
+                gist_cache.compress(model, fmt, instructions)
+        finally:
+            model.config.gist_variant = "gist"

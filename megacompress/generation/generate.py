@@ -125,7 +125,9 @@ def generate(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, *,
         return model(token[:, None], (lengths + index)[:, None], torch.zeros_like(token)[:, None],
                      kv_cache=cache).logits[:, -1]
 
-    logits = model(input_ids.to(device), position_ids.to(device), document_ids.to(device), kv_cache=cache).logits
+    last = torch.full((batch,), prompt_len - 1, device=device)
+    logits = model(input_ids.to(device), position_ids.to(device), document_ids.to(device), kv_cache=cache,
+                   logits_index=last).logits
     out = decode_loop(logits[:, -1], step, max_new_tokens, config.vocab_size, sampling=sampling, eod_id=eod_id,
                       return_logits=return_logits, show_progress=show_progress, forced_tokens=forced_tokens)
     out.kv_cache_bytes = cache.nbytes()

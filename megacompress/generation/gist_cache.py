@@ -79,6 +79,10 @@ def check_prefix(prefix: list[int], fmt: InstructionFormat, what: str) -> None:
 @torch.no_grad()
 def compress(model, fmt: InstructionFormat, instructions: list[str], batch_size: int = 8) -> list[GistEntry]:
     """Gist K/V of each instruction (model in eval mode, TP size 1)."""
+    if model.config.gist_variant != "gist":  # the controls' answers need more than (or none of) the gists
+        raise GistCacheError(f"a {model.config.gist_variant} model has no gist cache: its answers attend to "
+                             f"{'the whole instruction' if model.config.gist_variant == 'pos_control' else 'no gist'}; "
+                             "answer over the full prompt (generate --no-cache)")
     if model.config.gist_tokens != fmt.k:
         raise GistCacheError(f"the model was made for k={model.config.gist_tokens} gist tokens, the format has "
                              f"k={fmt.k}")

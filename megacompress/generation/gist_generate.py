@@ -52,8 +52,8 @@ def generate_cached(model, entries: list[GistEntry], segments: list[list[int]], 
     for row, segment in enumerate(segments):
         ids[row, :len(segment)], docs[row, :len(segment)] = torch.tensor(segment), 0
     positions = (starts[:, None] + torch.arange(longest)).masked_fill(docs < 0, 0)
-    logits = model(ids.to(device), positions.to(device), docs.to(device), kv_cache=cache).logits
-    first = logits[torch.arange(batch), (lengths - 1).to(device)]
+    first = model(ids.to(device), positions.to(device), docs.to(device), kv_cache=cache,
+                  logits_index=lengths - 1).logits[:, -1]
     next_pos = (starts + lengths).to(device)
     zeros = torch.zeros(batch, 1, dtype=torch.long, device=device)
 
@@ -78,7 +78,7 @@ def generate_full(model, prompts: list[list[int]], gist_starts: list[int], max_n
     gist_end = gist_start + k
     cache = model.new_kv_cache(batch, width + max_new_tokens)
     logits = model(input_ids.to(device), position_ids.to(device), document_ids.to(device), gist_start=gist_start,
-                   gist_end=gist_end, kv_cache=cache).logits
+                   gist_end=gist_end, kv_cache=cache, logits_index=torch.full((batch,), width - 1)).logits
     next_pos = torch.tensor([len(p) for p in prompts], device=device)
     zeros = torch.zeros(batch, 1, dtype=torch.long, device=device)
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from megacompress.generation.fast import register_generator
 from megacompress.generation.generate import GenerationOutput, check_lengths, decode_loop, left_pad
 from megacompress.models.gpthf import BODY, ENCODER
 from megacompress.models.kv_cache import KVCache
@@ -177,6 +178,7 @@ def _check_gpthf(model: nn.Module, prompts: list[list[int]], max_new_tokens: int
     check_lengths(model.config, prompts, max_new_tokens)
 
 
+@register_generator("gpthf")
 @torch.no_grad()
 def generate_fast(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, *, eos_id: int,
                   eod_id: int | None = None, **options) -> GenerationOutput:

@@ -40,7 +40,8 @@ def generate_uncached(model: nn.Module, prompts: list[list[int]], max_new_tokens
     lengths = torch.tensor([len(p) for p in prompts], device=device)
 
     def forward() -> torch.Tensor:
-        return model(**sequence_inputs(model, ids, positions, documents, eos_id)).logits[:, -1]
+        last = torch.full((ids.shape[0],), ids.shape[1] - 1, device=device)
+        return model(**sequence_inputs(model, ids, positions, documents, eos_id), logits_index=last).logits[:, -1]
 
     def step(token: torch.Tensor, index: int, finished: torch.Tensor) -> torch.Tensor:
         nonlocal ids, positions, documents

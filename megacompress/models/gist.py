@@ -66,7 +66,8 @@ class GistGPT(GPT):
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 document_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 gist_start: torch.Tensor | None = None, gist_end: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None, kv_commit: torch.Tensor | list[int] | None = None) -> ModelOutput:
+                kv_cache: KVCache | None = None, kv_commit: torch.Tensor | list[int] | None = None,
+                logits_index: torch.Tensor | None = None) -> ModelOutput:
         """As `GPT.forward`; with ``gist_start``/``gist_end`` (slot coordinates, also under a
         KV cache) the variant's gist mask replaces the document-causal one."""
         if (gist_start is None) != (gist_end is None):
@@ -75,6 +76,6 @@ class GistGPT(GPT):
         # that the forward pass itself is not duplicated.
         self._gist_span = None if gist_start is None else (gist_start, gist_end)
         try:
-            return super().forward(input_ids, position_ids, document_ids, labels, kv_cache, kv_commit)
+            return super().forward(input_ids, position_ids, document_ids, labels, kv_cache, kv_commit, logits_index)
         finally:
             self._gist_span = None

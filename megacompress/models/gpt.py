@@ -25,7 +25,7 @@ from megacompress.models import pretrained
 from megacompress.models.blocks import RMSNorm, TransformerStack
 from megacompress.models.config import VOCAB_MULTIPLE, ModelConfig
 from megacompress.models.kv_cache import KVCache
-from megacompress.models.outputs import ModelOutput, language_model_loss
+from megacompress.models.outputs import ModelOutput, language_model_loss, select_positions
 from megacompress.models.registry import load_pretrained, register_architecture
 from megacompress.models.rotary import RotaryEmbedding
 from megacompress.parallel import state
@@ -87,10 +87,12 @@ class GPT(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 document_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None, kv_commit: torch.Tensor | list[int] | None = None) -> ModelOutput:
+                kv_cache: KVCache | None = None, kv_commit: torch.Tensor | list[int] | None = None,
+                logits_index: torch.Tensor | None = None) -> ModelOutput:
         """With ``kv_cache``: the new tokens attend to their row's cached entries and are
         appended to the rows in ``kv_commit`` (default all; see `KVCache.begin_step`);
-        ``position_ids`` default to each row's cache length onward."""
+        ``position_ids`` default to each row's cache length onward. ``logits_index`` [B]: run
+        the LM head only at that slot of each row (logits [B, 1, Vp/tp]; a prefill needs no more)."""
         b, s = input_ids.shape
         if s > self.config.max_seq_len:
             raise ValueError(f"sequence of {s} tokens exceeds max_seq_len {self.config.max_seq_len}")
@@ -107,7 +109,7 @@ class GPT(nn.Module):
         x = self.stack(x, self.rotary(position_ids, x.dtype), mask, kv_cache)
         if kv_cache is not None:
             kv_cache.end_step()
-        logits = parallel_lm_logits(self.norm(x), self.output_weight)
+        logits = parallel_lm_logits(self.norm(select_positions(x, logits_index)), self.output_weight)
         if labels is None:
             return ModelOutput(logits)
         return ModelOutput(logits, *language_model_loss(logits, labels, self.config.vocab_size))

