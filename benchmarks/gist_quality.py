@@ -11,7 +11,8 @@ its last checkpoint):
 1. ``tools/convert_checkpoint.py import-gguf`` of the SmolLM2 GGUF -> WORK/smollm2 (fp32);
 2. ``python -m megacompress.gist init --k 1`` -> WORK/gist1, ``gist prepare`` -> WORK/data/{train,valid};
 3. per variant, ``python -m megacompress.train --config configs/gist-smollm2-k1.yaml`` on 2 CPU
-   processes (torchrun, ZeRO-1) -> WORK/train-VARIANT, exported to WORK/trained-VARIANT;
+   processes (torchrun, ZeRO-1) -> WORK/train-VARIANT, exported to WORK/trained-VARIANT (its
+   ``max_seq_len`` raised back to 2048 for answering: training cuts records at ``--seq-len``);
 4. per variant, ``python -m megacompress.gist evaluate`` on the first ``--eval-records`` of
    ``instructions/valid.jsonl`` (greedy, ``--max-new-tokens``; the gist model from its gist
    caches, the controls over the full prompt) -> WORK/eval-VARIANT.json.
@@ -41,6 +42,7 @@ from megacompress.atomic import write_text_atomic  # noqa: E402
 VARIANTS = ("gist", "pos_control", "neg_control")
 PAPER = {"model": "LLaMA-7B, unseen split", "gist": 46.6, "pos_control": 48.1, "neg_control": 31.4}
 DATA = REPO.parent / "shared" / "data" / "instructions"
+EVAL_SEQ_LEN = 2048  # SmolLM2's context: prompt + 256 answer tokens fit
 
 
 def parse_args() -> argparse.Namespace:
@@ -113,6 +115,10 @@ def train(args, work: Path, gist: Path, variant: str) -> dict:
              *[arg for s in sets for arg in ("--set", s)]], log=work / f"train-{variant}.log")
     if not (model_dir / "config.json").is_file():
         run([sys.executable, "tools/convert_checkpoint.py", "export", run_dir / "checkpoints", model_dir])
+    config = json.loads((model_dir / "config.json").read_text())
+    if config["max_seq_len"] < EVAL_SEQ_LEN:  # trained on short sequences; RoPE has no position table, so
+        config["max_seq_len"] = EVAL_SEQ_LEN  # answering longer only moves the length check
+        write_text_atomic(model_dir / "config.json", json.dumps(config, indent=2) + "\n")
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_lines = [m for m in lines if m.get("split") == "train"]
     return {"steps": train_lines[-1]["step"], "tokens_seen": train_lines[-1]["tokens_seen"],
