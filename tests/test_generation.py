@@ -23,6 +23,7 @@ def test_kv_cache_logits_equal_full_forward(model):
     new = 6
     out = generate(model, PROMPTS, new, return_logits=True)
     assert len(out.step_logits) == new
+    assert len(out.step_seconds) == new - 1 and all(s > 0 for s in out.step_seconds)  # one per decode step
     for row, prompt in enumerate(PROMPTS):
         tokens = out.tokens[row]
         assert len(tokens) == new

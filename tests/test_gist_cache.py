@@ -6,6 +6,7 @@ import torch
 from megacompress.data.instruction_dataset import InstructionFormat
 from megacompress.data.tokenizers import build_tokenizer
 from megacompress.generation import gist_cache
+from megacompress.generation.generate import length_batches
 from megacompress.generation.gist_generate import answer, generate_cached, generate_full
 from megacompress.models import load_pretrained
 from workers.gist_common import tiny_gist_model
@@ -88,3 +89,17 @@ def test_stored_caches_round_trip_and_are_refused_by_another_model_or_k(gist2, t
                 gist_cache.compress(model, fmt, instructions)
         finally:
             model.config.gist_variant = "gist"
+
+
+def test_batches_grouped_by_length_come_back_in_input_order(gist2):
+    assert length_batches([3, 9, 1, 9, 5], 2) == [[1, 3], [4, 0], [2]]
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        length_batches([1], 0)
+    _, model, fmt = gist2
+    instructions = [r["instruction"] for r in RECORDS]
+    bucketed, alone = gist_cache.compress(model, fmt, instructions, 3), gist_cache.compress(model, fmt, instructions, 1)
+    for a, b in zip(bucketed, alone):
+        assert a.prefix_len == b.prefix_len and torch.allclose(a.keys, b.keys, atol=1e-5)
+    cache = dict(zip(instructions, bucketed))
+    one_by_one = [answer(model, fmt, [r], 8, cache=cache, batch_size=1)[0] for r in RECORDS]
+    assert answer(model, fmt, RECORDS, 8, cache=cache, batch_size=3) == one_by_one

@@ -21,6 +21,7 @@ token from identical inputs.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,6 +38,9 @@ class GenerationOutput:
     tokens: list[list[int]]  # new tokens per row, up to and including eod_id if produced
     step_logits: list[torch.Tensor] = field(default_factory=list)  # per step [B, V] fp32, if requested
     kv_cache_bytes: int = 0  # bytes of the KV cache entries held at the end (this TP rank)
+    # Wall seconds from emitting token i to emitting token i+1 (one decode step plus sampling; the
+    # loop reads every token back to the host, so on CUDA this includes the kernels' completion).
+    step_seconds: list[float] = field(default_factory=list)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -53,6 +57,16 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
         position_ids[row, start:] = torch.arange(len(prompt))
         document_ids[row, start:] = 0
     return input_ids, position_ids, document_ids
+
+
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Row indices in batches of up to ``batch_size``, longest first, rows of similar length
+    together: a batch is padded to its longest row, so sorting wastes little on padding (and a
+    too-big batch fails at the start). Callers put the results back in input order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 class GenerationRequestError(ValueError):
@@ -99,6 +113,10 @@ def decode_loop(logits: torch.Tensor, step: Callable[[torch.Tensor, int, torch.T
             token = token.masked_fill(finished, eod_id)
         for row in (~finished).nonzero().flatten().tolist():
             out.tokens[row].append(int(token[row]))
+        now = time.perf_counter()
+        if index:
+            out.step_seconds.append(now - emitted)
+        emitted = now
         if eod_id is not None:
             finished |= token == eod_id
         if bool(finished.all()) or index == max_new_tokens - 1:

@@ -34,6 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from megacompress.data.instruction_dataset import InstructionFormat
+from megacompress.generation.generate import length_batches
 from megacompress.models import pretrained
 
 FORMAT = 1
@@ -86,28 +87,31 @@ def compress(model, fmt: InstructionFormat, instructions: list[str], batch_size:
     if model.config.gist_tokens != fmt.k:
         raise GistCacheError(f"the model was made for k={model.config.gist_tokens} gist tokens, the format has "
                              f"k={fmt.k}")
-    entries = []
+    prefixes = [fmt.prefix(text) for text in instructions]
+    for text, prefix in zip(instructions, prefixes):
+        check_prefix(prefix, fmt, f"instruction {text[:60]!r}")
+        if len(prefix) >= model.config.max_seq_len:
+            raise GistCacheError(f"instruction {text[:60]!r}: {len(prefix)} tokens with its gists, the model's "
+                                 f"max_seq_len is {model.config.max_seq_len}")
+    entries: list[GistEntry | None] = [None] * len(instructions)
     device = model.output_weight.device
-    for start in range(0, len(instructions), batch_size):
-        prefixes = [fmt.prefix(text) for text in instructions[start:start + batch_size]]
-        for text, prefix in zip(instructions[start:], prefixes):
-            check_prefix(prefix, fmt, f"instruction {text[:60]!r}")
-            if len(prefix) >= model.config.max_seq_len:
-                raise GistCacheError(f"instruction {text[:60]!r}: {len(prefix)} tokens with its gists, the model's "
-                                     f"max_seq_len is {model.config.max_seq_len}")
-        longest = max(map(len, prefixes))
-        ids = torch.full((len(prefixes), longest), fmt.tokenizer.special_id("pad"), dtype=torch.long)
+    for rows in length_batches([len(p) for p in prefixes], batch_size):
+        batch = [prefixes[i] for i in rows]
+        longest = max(map(len, batch))
+        ids = torch.full((len(batch), longest), fmt.tokenizer.special_id("pad"), dtype=torch.long)
         docs = torch.full_like(ids, -1)
-        for row, prefix in enumerate(prefixes):
+        for row, prefix in enumerate(batch):
             ids[row, :len(prefix)] = torch.tensor(prefix)
             docs[row, :len(prefix)] = 0
         positions = torch.arange(longest).expand_as(ids)
-        cache = model.new_kv_cache(len(prefixes), longest)
-        model(ids.to(device), positions.to(device), docs.to(device), kv_cache=cache)
-        for row, prefix in enumerate(prefixes):
+        cache = model.new_kv_cache(len(batch), longest)
+        # Only the K/V are kept: the LM head runs at one position, not at every token.
+        model(ids.to(device), positions.to(device), docs.to(device), kv_cache=cache,
+              logits_index=torch.zeros(len(batch), dtype=torch.long))
+        for row, (index, prefix) in enumerate(zip(rows, batch)):
             gists = slice(len(prefix) - fmt.k, len(prefix))
-            entries.append(GistEntry(torch.stack([k[row, :, gists] for k in cache.k]).cpu(),
-                                     torch.stack([v[row, :, gists] for v in cache.v]).cpu(), len(prefix)))
+            entries[index] = GistEntry(torch.stack([k[row, :, gists] for k in cache.k]).cpu(),
+                                       torch.stack([v[row, :, gists] for v in cache.v]).cpu(), len(prefix))
     return entries
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from megacompress.generation.gist_cache import GistEntry
-from megacompress.generation.generate import GenerationOutput, decode_loop, left_pad
+from megacompress.generation.generate import GenerationOutput, decode_loop, left_pad, length_batches
 
 
 def _check_length(model, needed: int) -> None:
@@ -92,23 +92,27 @@ def generate_full(model, prompts: list[list[int]], gist_starts: list[int], max_n
 
 def answer(model, fmt, records: list[dict], max_new_tokens: int, *, cache=None, batch_size: int = 8,
            show_progress: bool = False) -> list[list[int]]:
-    """Greedy output tokens (without the final eod) for ``{instruction, input}`` records, in order:
-    from ``cache`` (anything with ``get(instruction) -> GistEntry``: a `GistCache`, or a dict of
-    `compress` results), or with ``cache=None`` over the full prompt under the gist mask."""
+    """Greedy output tokens (without the final eod) for ``{instruction, input}`` records, in input
+    order: from ``cache`` (anything with ``get(instruction) -> GistEntry``: a `GistCache`, or a dict
+    of `compress` results), or with ``cache=None`` over the full prompt under the gist mask. Records
+    are batched by the length each batch is padded to (the input segment from a cache, else the
+    whole prompt), so a long record does not make its batch compute padding."""
     from megacompress.progress import progress
 
     tok = fmt.tokenizer
     pad, eod = tok.special_id("pad"), tok.eod
-    outputs = []
-    for start in progress(range(0, len(records), batch_size), desc="answer", unit="batch", enabled=show_progress):
-        batch = records[start:start + batch_size]
-        formatted = [fmt.format(r["instruction"], r.get("input", "")) for r in batch]
+    formatted = [fmt.format(r["instruction"], r.get("input", "")) for r in records]
+    lengths = [len(f.tokens) - (0 if cache is None else f.gist_end) for f in formatted]
+    outputs: list[list[int]] = [[] for _ in records]
+    for rows in progress(length_batches(lengths, batch_size), desc="answer", unit="batch", enabled=show_progress):
+        batch = [formatted[i] for i in rows]
         if cache is None:
-            out = generate_full(model, [f.tokens for f in formatted], [f.gist_start for f in formatted],
-                                max_new_tokens, pad_id=pad, eod_id=eod)
+            out = generate_full(model, [f.tokens for f in batch], [f.gist_start for f in batch], max_new_tokens,
+                                pad_id=pad, eod_id=eod)
         else:
-            entries = [cache.get(r["instruction"]) for r in batch]
-            out = generate_cached(model, entries, [f.tokens[f.gist_end:] for f in formatted], max_new_tokens,
+            entries = [cache.get(records[i]["instruction"]) for i in rows]
+            out = generate_cached(model, entries, [f.tokens[f.gist_end:] for f in batch], max_new_tokens,
                                   pad_id=pad, eod_id=eod)
-        outputs += [tokens[:-1] if tokens and tokens[-1] == eod else tokens for tokens in out.tokens]
+        for row, tokens in zip(rows, out.tokens):
+            outputs[row] = tokens[:-1] if tokens and tokens[-1] == eod else tokens
     return outputs
