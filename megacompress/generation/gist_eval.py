@@ -26,8 +26,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from megacompress.generation.generate import length_batches
-from megacompress.generation.gist_generate import generate_cached, generate_full
+from megacompress.generation.gist_generate import generate_cached, generate_full, serving_batches
 
 
 def quality(predictions: list[str], references: list[str], prediction_tokens: list[int],
@@ -76,11 +75,10 @@ def efficiency(model, fmt, records: list[dict], entries: list, max_new_tokens: i
                                      [formatted[i].gist_start for i in rows], n, pad_id=pad)
 
     out = {"batch": size, "records": len(records), "max_new_tokens": max_new_tokens}
-    lengths = {"gist": [len(f.tokens) - f.gist_end for f in formatted], "full": [len(f.tokens) for f in formatted]}
     with torch.inference_mode():
         for name, run in (("gist", gist), ("full", full)):
             sums = dict.fromkeys(("prefill_flops", "prefill_seconds", "total_flops", "total_seconds"), 0)
-            for rows in length_batches(lengths[name], size):
+            for rows in serving_batches(formatted, size, cached=name == "gist"):
                 flops, seconds = measure(run(rows, 1), repeats)
                 sums["prefill_flops"] += flops
                 sums["prefill_seconds"] += seconds

@@ -90,6 +90,12 @@ def generate_full(model, prompts: list[list[int]], gist_starts: list[int], max_n
                        return_logits=return_logits)
 
 
+def serving_batches(formatted: list, batch_size: int, *, cached: bool) -> list[list[int]]:
+    """Row indices of formatted records in batches grouped by the width each batch is padded to:
+    the input segment after the gists from a cache (`generate_cached`), else the whole prompt."""
+    return length_batches([len(f.tokens) - (f.gist_end if cached else 0) for f in formatted], batch_size)
+
+
 def answer(model, fmt, records: list[dict], max_new_tokens: int, *, cache=None, batch_size: int = 8,
            show_progress: bool = False) -> list[list[int]]:
     """Greedy output tokens (without the final eod) for ``{instruction, input}`` records, in input
@@ -102,9 +108,9 @@ def answer(model, fmt, records: list[dict], max_new_tokens: int, *, cache=None, 
     tok = fmt.tokenizer
     pad, eod = tok.special_id("pad"), tok.eod
     formatted = [fmt.format(r["instruction"], r.get("input", "")) for r in records]
-    lengths = [len(f.tokens) - (0 if cache is None else f.gist_end) for f in formatted]
     outputs: list[list[int]] = [[] for _ in records]
-    for rows in progress(length_batches(lengths, batch_size), desc="answer", unit="batch", enabled=show_progress):
+    batches = serving_batches(formatted, batch_size, cached=cache is not None)
+    for rows in progress(batches, desc="answer", unit="batch", enabled=show_progress):
         batch = [formatted[i] for i in rows]
         if cache is None:
             out = generate_full(model, [f.tokens for f in batch], [f.gist_start for f in batch], max_new_tokens,
