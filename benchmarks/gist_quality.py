@@ -52,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per variant (default 150; quick 20)")
     p.add_argument("--global-batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=192, help="max_seq_len of training (longer records are cut)")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (cosine to a tenth)")
     p.add_argument("--eval-records", type=int, default=None, help="first N valid records (default all 57; quick 16)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="greedy answer length (default 256; quick 64)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gist_quality.json")

@@ -32,16 +32,15 @@ def test_cached_generation_equals_the_gist_masked_model_in_mixed_batches(gist2):
     _, model, fmt = gist2
     formatted = [fmt.format(r["instruction"], r["input"]) for r in RECORDS]
     assert len({f.gist_start for f in formatted}) == 4 and len({len(f.tokens) for f in formatted}) == 4
-    pad = fmt.tokenizer.special_id("pad")
     full = generate_full(model, [f.tokens for f in formatted], [f.gist_start for f in formatted], 12,
-                         pad_id=pad, return_logits=True)
+                         return_logits=True)
     entries = gist_cache.compress(model, fmt, [r["instruction"] for r in RECORDS], batch_size=3)
-    cached = generate_cached(model, entries, [f.tokens[f.gist_end:] for f in formatted], 12, pad_id=pad,
+    cached = generate_cached(model, entries, [f.tokens[f.gist_end:] for f in formatted], 12,
                              return_logits=True)
     assert cached.tokens == full.tokens
     diff = max((a - b).abs().max().item() for a, b in zip(cached.step_logits, full.step_logits))
     assert diff < 1e-4, diff
-    alone = generate_cached(model, entries[1:2], [formatted[1].tokens[formatted[1].gist_end:]], 12, pad_id=pad)
+    alone = generate_cached(model, entries[1:2], [formatted[1].tokens[formatted[1].gist_end:]], 12)
     assert alone.tokens == full.tokens[1:2]
     # the gist mask is what makes caching exact: under it, nothing after the gists sees the instruction
     with torch.no_grad():
@@ -103,3 +102,28 @@ def test_batches_grouped_by_length_come_back_in_input_order(gist2):
     cache = dict(zip(instructions, bucketed))
     one_by_one = [answer(model, fmt, [r], 8, cache=cache, batch_size=1)[0] for r in RECORDS]
     assert answer(model, fmt, RECORDS, 8, cache=cache, batch_size=3) == one_by_one
+
+
+def test_a_mixed_batch_prefills_no_padding(gist2):
+    """Ragged prefill: a batch's prefill FLOPs are the sum of its rows' alone, on both sides."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _, model, fmt = gist2
+    formatted = [fmt.format(r["instruction"], r["input"]) for r in RECORDS]
+    entries = gist_cache.compress(model, fmt, [r["instruction"] for r in RECORDS])
+
+    def flops(run) -> int:
+        with FlopCounterMode(display=False) as counter:
+            run()
+        return counter.get_total_flops()
+
+    def cached(rows):
+        return lambda: generate_cached(model, [entries[i] for i in rows],
+                                       [formatted[i].tokens[formatted[i].gist_end:] for i in rows], 1)
+
+    def full(rows):
+        return lambda: generate_full(model, [formatted[i].tokens for i in rows],
+                                     [formatted[i].gist_start for i in rows], 1)
+
+    for side in (cached, full):
+        assert flops(side(range(4))) == sum(flops(side([i])) for i in range(4))

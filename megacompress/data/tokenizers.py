@@ -290,7 +290,9 @@ class HFTokenizer(_Specials):
     ``<GIST>`` and ``eos`` = ``<|endofsentence|>`` only when the vocabulary has them
     (``special_id`` raises ``KeyError`` naming the file otherwise). Special tokens written
     in the text are encoded as text (``encode`` never produces special ids); decoding is
-    exact for byte-level BPE vocabularies (GPT-2 / Llama-3 / SmolLM style).
+    exact for byte-level BPE vocabularies (GPT-2 / Llama-3 / SmolLM style) and for
+    SentencePiece-style ones (Llama-2 / Mistral GGUF imports: the decoder drops the "▁" put
+    before the text), except that a literal "▁" (U+2581) in the text decodes as a space.
     """
 
     name = "hf"

@@ -59,20 +59,19 @@ def measure(fn: Callable[[], object], repeats: int = 1, count: bool = True) -> t
 def efficiency(model, fmt, records: list[dict], entries: list, max_new_tokens: int, *, batch_size: int | None = None,
                repeats: int = 1, count_total_flops: bool = True) -> dict:
     """Gist-cached vs full-prompt prefill and generation of ``records`` (module docstring), served
-    in batches of ``batch_size`` (default: one batch) grouped by padded length as `answer` does;
+    in batches of ``batch_size`` (default: one batch) grouped by length as `answer` does;
     FLOPs and seconds are summed over the batches. ``count_total_flops=False`` skips counting
     prefill + generation (FlopCounterMode slows a decode loop down ~2.5x); its keys are then None."""
-    pad = fmt.tokenizer.special_id("pad")
     formatted = [fmt.format(r["instruction"], r.get("input", "")) for r in records]
     size = batch_size or len(records)
 
     def gist(rows: list[int], n: int) -> Callable[[], object]:
         return lambda: generate_cached(model, [entries[i] for i in rows], [formatted[i].tokens[formatted[i].gist_end:]
-                                                                         for i in rows], n, pad_id=pad)
+                                                                         for i in rows], n)
 
     def full(rows: list[int], n: int) -> Callable[[], object]:
         return lambda: generate_full(model, [formatted[i].tokens for i in rows],
-                                     [formatted[i].gist_start for i in rows], n, pad_id=pad)
+                                     [formatted[i].gist_start for i in rows], n)
 
     out = {"batch": size, "records": len(records), "max_new_tokens": max_new_tokens}
     with torch.inference_mode():

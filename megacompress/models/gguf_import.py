@@ -14,12 +14,24 @@ llama.cpp's converter permutes the rows of attn_q and attn_k (per head, from rot
 to interleaved pairs, its RoPE layout): original rows ``[h, 2, D/2]`` (two halves per head)
 are stored as ``[h, D/2, 2]``. `unpermute` swaps them back (attn_k uses the KV head count).
 
-The tokenizer is rebuilt from the metadata with the ``tokenizers`` library: only
-``tokenizer.ggml.model == "gpt2"`` (byte-level BPE: tokens + merges; the SmolLM / GPT-2 /
-Llama-3 family) is supported. Control tokens (token_type 3) become special tokens,
-user-defined ones (4) added tokens; ``tokenizer.ggml.pre`` picks the pre-tokenizer
-(``smollm``: single digits, then GPT-2's byte-level split, as llama.cpp does). BOS/EOS/pad
-ids and ``add_bos_token`` go to ``tokenizer_config.json``.
+The tokenizer is rebuilt from the metadata with the ``tokenizers`` library, for two values of
+``tokenizer.ggml.model`` (others raise `ConversionError`):
+
+* ``gpt2``: byte-level BPE, tokens + merges (the SmolLM / GPT-2 / Llama-3 family);
+  ``tokenizer.ggml.pre`` picks the pre-tokenizer (``smollm``: single digits, then GPT-2's
+  byte-level split, as llama.cpp does).
+* ``llama``: SentencePiece BPE (Llama-2 / TinyLlama / Mistral): pieces with "▁" for spaces,
+  merges derived from ``tokenizer.ggml.scores`` as Hugging Face does for GGUF, byte fallback
+  to the ``<0xXX>`` pieces. Like SentencePiece and llama.cpp (and the ``tokenizer.json`` of
+  those models' Hugging Face repos), a "▁" is put before the text unless
+  ``tokenizer.ggml.add_space_prefix`` is false (the decoder drops it again), spaces become
+  "▁", and there is no pre-tokenizer splitting.
+
+Control tokens (token_type 3) become special tokens, user-defined ones (4) added tokens.
+BOS/EOS/unk/pad tokens, ``add_bos_token`` (default: true for ``llama``, as llama.cpp does)
+and ``add_eos_token`` go to ``tokenizer_config.json``; the two flags also give
+``tokenizer.json`` a post-processor that adds those tokens (for transformers; our
+`HFTokenizer` never adds special ids itself and reads ``add_bos_token`` from the config).
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ _LAYER_NAMES = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "a
 _GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
                  "output.weight": "lm_head.weight"}
 CONTROL, USER_DEFINED = 3, 4  # llama.cpp token types
+SPACE = "\u2581"  # SentencePiece's meta symbol for a space
 
 
 def unpermute(weight: np.ndarray, heads: int) -> np.ndarray:
@@ -54,6 +67,18 @@ def hf_name(name: str) -> str:
     if len(parts) == 4 and parts[0] == "blk" and parts[2] in _LAYER_NAMES and parts[3] == "weight":
         return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.weight"
     return name  # unknown tensors are reported by from_hf_state
+
+
+def spm_merges(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:
+    """BPE merges implied by a SentencePiece vocabulary, as Hugging Face derives them
+    (``tokenization_utils_base.generate_merges``): every split of a piece into two pieces,
+    best score first (ties: the longer left part, then the longer right part, then file order)."""
+    ranked = []
+    for piece, score in scores.items():
+        pairs = [(piece[:i], piece[i:]) for i in range(1, len(piece)) if piece[:i] in vocab and piece[i:] in vocab]
+        ranked.extend((left, right, score) for left, right in sorted(pairs, key=lambda p: (vocab[p[0]], vocab[p[1]])))
+    ranked.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    return [(left, right) for left, right, _ in ranked]
 
 
 class GGUFFile:
@@ -111,41 +136,76 @@ class GGUFFile:
 
     def tokenizer_files(self) -> dict[str, str]:
         """``tokenizer.json`` + ``tokenizer_config.json`` texts built from the metadata."""
-        from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+        from tokenizers import AddedToken, processors
 
         kind = self.get("tokenizer.ggml.model")
-        if kind != "gpt2":
+        if kind not in ("gpt2", "llama"):
             raise ConversionError(f"{self.path}: tokenizer.ggml.model {kind!r} is not supported "
-                                  "(only 'gpt2', byte-level BPE)")
+                                  "(supported: 'gpt2', byte-level BPE; 'llama', SentencePiece BPE)")
         tokens = self.get("tokenizer.ggml.tokens")
-        merges = [tuple(m.split(" ", 1)) for m in self.get("tokenizer.ggml.merges", [])]
         types = self.get("tokenizer.ggml.token_type", [1] * len(tokens))
         vocab = {}
         for i, token in enumerate(tokens):
             vocab.setdefault(token, i)
+
+        def token(key: str) -> str | None:
+            tid = self.get(f"tokenizer.ggml.{key}")
+            return None if tid is None or not 0 <= tid < len(tokens) else tokens[tid]
+
+        tok = (self._bpe_tokenizer(vocab) if kind == "gpt2"
+               else self._spm_tokenizer(tokens, vocab, token("unknown_token_id")))
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                for t, ty in zip(tokens, types) if ty == CONTROL])
+        tok.add_tokens([AddedToken(t, normalized=False) for t, ty in zip(tokens, types) if ty == USER_DEFINED])
+        bos, eos = token("bos_token_id"), token("eos_token_id")
+        add_bos = bos is not None and bool(self.get("tokenizer.ggml.add_bos_token", kind == "llama"))
+        add_eos = eos is not None and bool(self.get("tokenizer.ggml.add_eos_token", False))
+        if add_bos or add_eos:  # for transformers' encode (our HFTokenizer adds no special tokens itself)
+            single = [f"{bos}:0"] * add_bos + ["$A:0"] + [f"{eos}:0"] * add_eos
+            pair = single + [f"{bos}:1"] * add_bos + ["$B:1"] + [f"{eos}:1"] * add_eos
+            specials = [(t, vocab[t]) for t, on in ((bos, add_bos), (eos, add_eos)) if on]
+            tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+                  "bos_token": bos, "eos_token": eos, "pad_token": token("padding_token_id"),
+                  "unk_token": token("unknown_token_id"),
+                  "add_bos_token": add_bos, "add_eos_token": add_eos,
+                  "model_max_length": self.get("llama.context_length")}
+        template = self.get("tokenizer.chat_template")
+        if template:
+            config["chat_template"] = template
+        return {TOKENIZER_JSON: tok.to_str(), TOKENIZER_CONFIG: json.dumps(config, indent=2) + "\n"}
+
+    def _bpe_tokenizer(self, vocab: dict[str, int]):
+        """Byte-level BPE (``gpt2``): the file's merges, GPT-2's byte-level split and decoder."""
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+        merges = [tuple(m.split(" ", 1)) for m in self.get("tokenizer.ggml.merges", [])]
         tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
         byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         pre = self.get("tokenizer.ggml.pre", "default")
         tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
                              if pre == "smollm" else byte_level)
         tok.decoder = decoders.ByteLevel()
-        tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                                for t, ty in zip(tokens, types) if ty == CONTROL])
-        tok.add_tokens([AddedToken(t, normalized=False) for t, ty in zip(tokens, types) if ty == USER_DEFINED])
+        return tok
 
-        def token(key: str) -> str | None:
-            tid = self.get(f"tokenizer.ggml.{key}")
-            return None if tid is None or not 0 <= tid < len(tokens) else tokens[tid]
+    def _spm_tokenizer(self, tokens: list[str], vocab: dict[str, int], unk: str | None):
+        """SentencePiece BPE (``llama``): merges from the file, else from the scores; byte fallback."""
+        from tokenizers import Tokenizer, decoders, models, normalizers
 
-        config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
-                  "bos_token": token("bos_token_id"), "eos_token": token("eos_token_id"),
-                  "pad_token": token("padding_token_id"), "unk_token": token("unknown_token_id"),
-                  "add_bos_token": bool(self.get("tokenizer.ggml.add_bos_token", False)),
-                  "model_max_length": self.get("llama.context_length")}
-        template = self.get("tokenizer.chat_template")
-        if template:
-            config["chat_template"] = template
-        return {TOKENIZER_JSON: tok.to_str(), TOKENIZER_CONFIG: json.dumps(config, indent=2) + "\n"}
+        merges, scores = self.get("tokenizer.ggml.merges"), self.get("tokenizer.ggml.scores")
+        if merges is None and scores is None:
+            raise ConversionError(f"{self.path}: a 'llama' tokenizer needs tokenizer.ggml.scores (or merges)")
+        merges = ([tuple(m.split(" ", 1)) for m in merges] if merges is not None
+                  else spm_merges(vocab, dict(zip(tokens, scores))))
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
+        steps = [normalizers.Replace(" ", SPACE)]
+        decode = [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+        if self.get("tokenizer.ggml.add_space_prefix", True):
+            steps.insert(0, normalizers.Prepend(SPACE))
+            decode.append(decoders.Strip(" ", 1, 0))  # the prefix space
+        tok.normalizer = normalizers.Sequence(steps)
+        tok.decoder = decoders.Sequence(decode)
+        return tok
 
 
 def import_gguf(path: str | Path, out_dir: str | Path, max_seq_len: int | None = None) -> Path:
