@@ -4,9 +4,9 @@ Both start with a *ragged* prefill (`_prefill_rows`): each row's prompt runs alo
 length, so no row computes padding however its length differs from the others', and its
 K/V go to row b of one batch KV cache whose rows then hold different lengths (per-row query
 offsets in the mask, `megacompress.models.kv_cache`). Decoding is batched: one forward per
-new token for all rows, each at its own position. (On CPU a prefill is compute-bound, so
-running rows one by one costs nothing over a padded batch and saves the padding; a GPU
-would pack them into one varlen call instead.)
+new token for all rows, each at its own position. (Rows one by one read the weights once
+per row, which costs prefill wall-clock over a padded batch on CPU, docs/gist.md; one packed
+varlen call would save both the padding and the re-reads: not done.)
 
 `generate_cached` (gist caching). Row b starts from its instruction's `GistEntry`: its
 cache row is loaded with the k gist entries (slots 0..k-1, keys rotated at their original
