@@ -106,16 +106,14 @@ def test_batches_grouped_by_length_come_back_in_input_order(gist2):
 
 def test_a_mixed_batch_prefills_no_padding(gist2):
     """Ragged prefill: a batch's prefill FLOPs are the sum of its rows' alone, on both sides."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from megacompress.generation.gist_eval import measure
 
     _, model, fmt = gist2
     formatted = [fmt.format(r["instruction"], r["input"]) for r in RECORDS]
     entries = gist_cache.compress(model, fmt, [r["instruction"] for r in RECORDS])
 
     def flops(run) -> int:
-        with FlopCounterMode(display=False) as counter:
-            run()
-        return counter.get_total_flops()
+        return measure(run, repeats=0)[0]  # counted once, not timed
 
     def cached(rows):
         return lambda: generate_cached(model, [entries[i] for i in rows],

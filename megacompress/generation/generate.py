@@ -61,8 +61,9 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
 
 def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Row indices in batches of up to ``batch_size``, longest first, rows of similar length
-    together: a batch is padded to its longest row, so sorting wastes little on padding (and a
-    too-big batch fails at the start). Callers put the results back in input order."""
+    together: a batch is padded to (or a decode step attends over) its longest row, so sorting
+    wastes little (and a too-big batch fails at the start). Callers put the results back in
+    input order."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])

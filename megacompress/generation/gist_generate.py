@@ -63,30 +63,37 @@ def _prefill_rows(model, cache, prompts: list[list[int]], *, entries: list[GistE
     return torch.cat(logits)
 
 
+def _decode(model, cache, first: torch.Tensor, next_pos: torch.Tensor, max_new_tokens: int, eod_id: int | None,
+            return_logits: bool, **span) -> GenerationOutput:
+    """Greedy batched decoding after `_prefill_rows`: row b's token t at position ``next_pos[b] + t``
+    (``span``: the gist mask's ``gist_start`` / ``gist_end``, for the full prompt)."""
+    device = model.output_weight.device
+    next_pos = next_pos.to(device)
+    zeros = torch.zeros(len(next_pos), 1, dtype=torch.long, device=device)
+
+    def step(token: torch.Tensor, t: int, finished: torch.Tensor) -> torch.Tensor:
+        return model(token[:, None], (next_pos + t)[:, None], zeros, kv_cache=cache, **span).logits[:, -1]
+
+    return decode_loop(first, step, max_new_tokens, model.config.vocab_size, eod_id=eod_id,
+                       return_logits=return_logits)
+
+
 @torch.no_grad()
 def generate_cached(model, entries: list[GistEntry], segments: list[list[int]], max_new_tokens: int, *,
                     eod_id: int | None = None, return_logits: bool = False) -> GenerationOutput:
     """Continue ``segments[b]`` (the input segment) after the gists of ``entries[b]``."""
     if len(entries) != len(segments) or not segments or any(not s for s in segments):
         raise ValueError("generate_cached: one non-empty input segment per gist entry")
-    batch, k = len(segments), entries[0].keys.shape[2]
+    k = entries[0].keys.shape[2]
     if k != model.config.gist_tokens:
         raise ValueError(f"generate_cached: the entries hold {k} gists, the model was made for "
                          f"{model.config.gist_tokens}")
     starts = torch.tensor([e.prefix_len for e in entries])
     lengths = torch.tensor([len(s) for s in segments])
     _check_length(model, int((starts + lengths).max()) + max_new_tokens)
-    device = model.output_weight.device
-    cache = model.new_kv_cache(batch, k + int(lengths.max()) + max_new_tokens)
+    cache = model.new_kv_cache(len(segments), k + int(lengths.max()) + max_new_tokens)
     first = _prefill_rows(model, cache, segments, entries=entries)
-    next_pos = (starts + lengths).to(device)
-    zeros = torch.zeros(batch, 1, dtype=torch.long, device=device)
-
-    def step(token: torch.Tensor, t: int, finished: torch.Tensor) -> torch.Tensor:
-        return model(token[:, None], (next_pos + t)[:, None], zeros, kv_cache=cache).logits[:, -1]
-
-    return decode_loop(first, step, max_new_tokens, model.config.vocab_size, eod_id=eod_id,
-                       return_logits=return_logits)
+    return _decode(model, cache, first, starts + lengths, max_new_tokens, eod_id, return_logits)
 
 
 @torch.no_grad()
@@ -96,22 +103,13 @@ def generate_full(model, prompts: list[list[int]], gist_starts: list[int], max_n
     if not prompts or any(not p for p in prompts) or len(gist_starts) != len(prompts):
         raise ValueError("generate_full: one non-empty prompt per gist start")
     k = model.config.gist_tokens
-    batch, longest = len(prompts), max(map(len, prompts))
+    longest = max(map(len, prompts))
     _check_length(model, longest + max_new_tokens)
-    device = model.output_weight.device
-    gist_start = torch.tensor(gist_starts, device=device)
-    gist_end = gist_start + k
-    cache = model.new_kv_cache(batch, longest + max_new_tokens)
+    gist_start = torch.tensor(gist_starts, device=model.output_weight.device)
+    cache = model.new_kv_cache(len(prompts), longest + max_new_tokens)
     first = _prefill_rows(model, cache, prompts, gist_starts=gist_starts)
-    next_pos = torch.tensor([len(p) for p in prompts], device=device)
-    zeros = torch.zeros(batch, 1, dtype=torch.long, device=device)
-
-    def step(token: torch.Tensor, t: int, finished: torch.Tensor) -> torch.Tensor:
-        return model(token[:, None], (next_pos + t)[:, None], zeros, gist_start=gist_start, gist_end=gist_end,
-                     kv_cache=cache).logits[:, -1]
-
-    return decode_loop(first, step, max_new_tokens, model.config.vocab_size, eod_id=eod_id,
-                       return_logits=return_logits)
+    return _decode(model, cache, first, torch.tensor([len(p) for p in prompts]), max_new_tokens, eod_id,
+                   return_logits, gist_start=gist_start, gist_end=gist_start + k)
 
 
 def serving_batches(formatted: list, batch_size: int, *, cached: bool) -> list[list[int]]:

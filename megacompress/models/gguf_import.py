@@ -175,12 +175,16 @@ class GGUFFile:
             config["chat_template"] = template
         return {TOKENIZER_JSON: tok.to_str(), TOKENIZER_CONFIG: json.dumps(config, indent=2) + "\n"}
 
+    def _merges(self) -> list[tuple[str, str]] | None:
+        """``tokenizer.ggml.merges`` (``"left right"`` strings) as pairs; None when the file has none."""
+        merges = self.get("tokenizer.ggml.merges")
+        return None if merges is None else [tuple(m.split(" ", 1)) for m in merges]
+
     def _bpe_tokenizer(self, vocab: dict[str, int]):
         """Byte-level BPE (``gpt2``): the file's merges, GPT-2's byte-level split and decoder."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-        merges = [tuple(m.split(" ", 1)) for m in self.get("tokenizer.ggml.merges", [])]
-        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=self._merges() or [], fuse_unk=False))
         byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         pre = self.get("tokenizer.ggml.pre", "default")
         tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
@@ -192,11 +196,10 @@ class GGUFFile:
         """SentencePiece BPE (``llama``): merges from the file, else from the scores; byte fallback."""
         from tokenizers import Tokenizer, decoders, models, normalizers
 
-        merges, scores = self.get("tokenizer.ggml.merges"), self.get("tokenizer.ggml.scores")
+        merges, scores = self._merges(), self.get("tokenizer.ggml.scores")
         if merges is None and scores is None:
             raise ConversionError(f"{self.path}: a 'llama' tokenizer needs tokenizer.ggml.scores (or merges)")
-        merges = ([tuple(m.split(" ", 1)) for m in merges] if merges is not None
-                  else spm_merges(vocab, dict(zip(tokens, scores))))
+        merges = merges if merges is not None else spm_merges(vocab, dict(zip(tokens, scores)))
         tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
         steps = [normalizers.Replace(" ", SPACE)]
         decode = [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
