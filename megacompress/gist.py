@@ -167,7 +167,7 @@ def _evaluate(args, model, fmt, tokenizer) -> str:
     predictions = [tokenizer.decode(o) for o in outputs]
     references = [r["output"] for r in records]
     report = gist_eval.quality([p.strip() for p in predictions], references, [len(o) for o in outputs],
-                               [len(tokenizer.encode(" " + r)) for r in references])
+                               [len(tokenizer.encode_continuation(" " + r)) for r in references])
     batch = records[:args.batch_size]
     report["efficiency"] = gist_eval.efficiency(model, fmt, batch, [cache[r["instruction"]] for r in batch],
                                                 args.efficiency_tokens) if cached else None

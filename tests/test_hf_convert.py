@@ -11,9 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from megacompress.data.instruction_dataset import InstructionFormat
 from megacompress.data.tokenizers import build_tokenizer, model_tokenizer
 from megacompress.models import gather_logits, load_pretrained
 from megacompress.models.gguf_import import import_gguf
+from megacompress.models.gist_init import init_gist_model
 from megacompress.models.hf_llama import ConversionError, export_hf, import_hf
 from workers.gist_common import TEXT, TINY, write_tiny_gguf, write_tiny_hf_llama
 
@@ -158,6 +160,17 @@ def test_import_gguf_rebuilds_a_sentencepiece_tokenizer(spm_model, tmp_path):
     assert not plain.add_bos
     for text in SPM_TEXTS:
         assert plain.encode(text) == no_prefix.encode(text) and plain.decode(plain.encode(text)) == text
+
+    # Later pieces of a prompt get no "▁" of their own: the gist format spells exactly its text.
+    for text in SPM_TEXTS:
+        assert tok.encode_continuation(text) == no_prefix.encode(text)
+    gist_tok = build_tokenizer("hf", str(init_gist_model(ours, 2, tmp_path / "gist")))
+    rec = InstructionFormat(gist_tok, 2).format("Say hi", "to me", "Hello there")
+    gist = gist_tok.special_id("gist")
+    assert rec.tokens == ([sp.bos_id()] + sp.encode("Instruction: Say hi\n") + [gist, gist] + no_prefix.encode("\nInput:")
+                          + no_prefix.encode(" to me") + no_prefix.encode("\nOutput:")
+                          + no_prefix.encode(" Hello there") + [sp.eos_id()])
+    assert gist_tok.decode(rec.tokens[rec.gist_end:rec.output_start]) == "\nInput: to me\nOutput:"
 
 
 def test_cli_and_errors(hf_model, spm_model, tmp_path, repo_root):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from megacompress.parallel import grads, mappings, random, sharding, state
 from megacompress.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megacompress.parallel.layers import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
-                                          padded_vocab_size)
+                                          linear, padded_vocab_size)
 
 # Every mpu method DeepSpeed 0.19.8 calls unconditionally (grep `mpu.get_` in the installed package);
 # the sequence/slice/pipe spellings are only called behind hasattr() checks.
@@ -135,6 +135,19 @@ def test_layers_at_tp1_match_plain_torch(world1):
     ids = torch.tensor([[0, 9, 3]])
     torch.testing.assert_close(emb(ids), emb.weight[ids])
     assert padded_vocab_size(50259, 2) == 50260 and padded_vocab_size(50259, 2, vocab_multiple=64) == 50304
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 24), (2, 16, 24), (5, 40, 24)])  # few rows (CPU route), many rows
+def test_linear_equals_f_linear_with_gradients(shape):
+    w, b = torch.randn(32, 24, requires_grad=True), torch.randn(32, requires_grad=True)
+    x = torch.randn(shape, requires_grad=True)
+    y = linear(x, w, b)
+    assert y.shape == (*shape[:-1], 32) and y.is_contiguous()
+    grads_ours = torch.autograd.grad(y.square().sum(), (x, w, b))
+    reference = F.linear(x, w, b)
+    torch.testing.assert_close(y, reference, rtol=1e-6, atol=1e-6)
+    for ours, theirs in zip(grads_ours, torch.autograd.grad(reference.square().sum(), (x, w, b))):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 def test_grad_norm_and_clip_at_tp1(world1):

@@ -6,7 +6,9 @@ Format, in the model's own tokenizer (k = number of gists)::
     `------------ prefix (compressed) ------------'`------ input segment -------'`- output -'
 
 Each quoted piece is encoded on its own (the same pieces at training and at inference,
-so cached prompts see the tokens they were trained on); ``" {input}"`` is empty for an
+so cached prompts see the tokens they were trained on), every piece after the first as a
+continuation (`Tokenizer.encode_continuation`: a SentencePiece-style tokenizer puts no "▁"
+before it, so the tokens spell exactly the text above); ``" {input}"`` is empty for an
 empty input; ``bos`` only when the tokenizer says prompts start with it (``add_bos``).
 Loss is only on the output tokens (including the final eod).
 
@@ -117,8 +119,8 @@ class InstructionFormat:
         self.gist_id = tokenizer.special_id("gist")
         bos = getattr(tokenizer, "bos", None)
         self.bos = [bos] if bos is not None and getattr(tokenizer, "add_bos", False) else []
-        self.input_head = tokenizer.encode("\nInput:")
-        self.output_head = tokenizer.encode("\nOutput:")
+        self.input_head = tokenizer.encode_continuation("\nInput:")
+        self.output_head = tokenizer.encode_continuation("\nOutput:")
 
     def prefix(self, instruction: str) -> list[int]:
         """bos + instruction + gists: the part that gist caching compresses."""
@@ -127,8 +129,8 @@ class InstructionFormat:
     def format(self, instruction: str, input: str = "", output: str | None = None) -> FormattedRecord:
         """The whole record (``output=None``: the prompt that generation continues)."""
         prefix = self.prefix(instruction)
-        input_ids = self.tokenizer.encode(" " + input) if input else []
-        out = [] if output is None else self.tokenizer.encode(" " + output) + [self.tokenizer.eod]
+        input_ids = self.tokenizer.encode_continuation(" " + input) if input else []
+        out = [] if output is None else self.tokenizer.encode_continuation(" " + output) + [self.tokenizer.eod]
         tokens = prefix + self.input_head + input_ids + self.output_head + out
         input_start = len(prefix) + len(self.input_head)
         return FormattedRecord(tokens, len(prefix) - self.k, len(prefix), input_start,

@@ -127,8 +127,8 @@ def _encode_document(text: str) -> tuple[list[int], list[int]]:
         ids = tok.encode(text)
     else:
         ids = []
-        for sentence in splitter.split(text):
-            ids.extend(tok.encode(sentence))
+        for i, sentence in enumerate(splitter.split(text)):
+            ids.extend(tok.encode_continuation(sentence) if i else tok.encode(sentence))
             offsets.append(len(ids))
             ids.append(_STATE["eos"])
     if _STATE["append_eod"]:

@@ -55,6 +55,8 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str) -> list[int]: ...
 
+    def encode_continuation(self, text: str) -> list[int]: ...
+
     def decode(self, ids: Sequence[int]) -> str: ...
 
     def special_id(self, name: str) -> int: ...
@@ -82,6 +84,13 @@ class _Specials:
         if name not in self._special_ids:
             raise KeyError(f"unknown special token {name!r}; known: {', '.join(SPECIAL_NAMES)}")
         return self._special_ids[name]
+
+    def encode_continuation(self, text: str) -> list[int]:
+        """Ids of ``text`` as it continues earlier text (a later piece of a prompt encoded piece by
+        piece). Equal to `encode` except for tokenizers that put a "▁" before every text they
+        encode (`HFTokenizer` of a SentencePiece-style vocabulary), where a later piece must not
+        get one: it would add a space the text does not have."""
+        return self.encode(text)
 
     @property
     def special_ids(self) -> dict[str, int]:
@@ -280,6 +289,41 @@ class SentencePieceTokenizer(_Specials):
         h.update(self._sp.serialized_model_proto())
 
 
+def _without_prefix_space(spec: dict) -> dict | None:
+    """A ``tokenizer.json`` spec without the "▁" that SentencePiece-style tokenizers put before
+    every text (a ``Prepend`` normalizer, a ``Metaspace`` pre-tokenizer's ``prepend_scheme`` /
+    ``add_prefix_space``); None when it puts none."""
+    changed = False
+
+    def normalizer(node):
+        nonlocal changed
+        if not node:
+            return node
+        if node.get("type") == "Prepend":
+            changed = True
+            return None
+        if node.get("type") == "Sequence":
+            return {**node, "normalizers": [n for n in map(normalizer, node["normalizers"]) if n is not None]}
+        return node
+
+    def pre_tokenizer(node):
+        nonlocal changed
+        if not node:
+            return node
+        if node.get("type") == "Sequence":
+            return {**node, "pretokenizers": [pre_tokenizer(n) for n in node["pretokenizers"]]}
+        if node.get("type") == "Metaspace" and (node.get("prepend_scheme", "never") != "never"
+                                                or node.get("add_prefix_space")):
+            changed = True
+            return {**node, **({"prepend_scheme": "never"} if "prepend_scheme" in node else {}),
+                    **({"add_prefix_space": False} if "add_prefix_space" in node else {})}
+        return node
+
+    out = {**spec, "normalizer": normalizer(spec.get("normalizer")),
+           "pre_tokenizer": pre_tokenizer(spec.get("pre_tokenizer"))}
+    return out if changed else None
+
+
 class HFTokenizer(_Specials):
     """A Hugging Face ``tokenizer.json`` run by the `tokenizers` library (``--tokenizer hf``).
 
@@ -307,6 +351,9 @@ class HFTokenizer(_Specials):
         self._tok = _Backend.from_file(json_path)
         self._serialized = self._tok.to_str()
         self._tok.encode_special_tokens = True
+        continuation = _without_prefix_space(json.loads(self._serialized))
+        self._continuation = self._tok if continuation is None else _Backend.from_str(json.dumps(continuation))
+        self._continuation.encode_special_tokens = True
         config_path = os.path.join(os.path.dirname(json_path), TOKENIZER_CONFIG)
         config = {}
         if os.path.isfile(config_path):
@@ -344,6 +391,10 @@ class HFTokenizer(_Specials):
     def encode(self, text: str) -> list[int]:
         _utf8(text)
         return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_continuation(self, text: str) -> list[int]:
+        _utf8(text)
+        return self._continuation.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)

@@ -54,7 +54,7 @@ def encode_prompt(tokenizer, text: str, eos_id: int, splitter=None, *, ends_sent
     ids: list[int] = []
     pieces = split_sentences(text, splitter)
     for i, piece in enumerate(pieces):
-        ids += tokenizer.encode(piece)
+        ids += tokenizer.encode_continuation(piece) if i else tokenizer.encode(piece)
         if i < len(pieces) - 1 or ends_sentence:
             ids.append(eos_id)
     return ids

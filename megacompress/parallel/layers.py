@@ -34,6 +34,26 @@ def padded_vocab_size(vocab_size: int, tensor_parallel_size: int, vocab_multiple
     return -(-vocab_size // step) * step
 
 
+# Up to this many rows of ``x`` (a decode step's batch, a short prompt), `linear` takes the CPU route.
+_FEW_ROWS = 64
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``; on CPU with few rows of ``x``, computed as ``(weight @ x^T)^T``.
+
+    The same products and sums, a faster kernel: MKL's sgemm for ``x W^T`` with few rows of
+    ``x`` ran at about half the speed of ``W x^T`` on our 2-core AMD EPYC (the tied LM head
+    [16, 576] x [576, 49280]: 48 -> 30 ms; a SmolLM2-135M decode step at batch 16: 278 -> 158
+    ms, logits bit-identical), and no slower at any shape measured; from a few hundred rows
+    the two run alike, so training keeps ``F.linear``. The result is made contiguous (a TP
+    all-reduce needs that), which costs little at few rows.
+    """
+    if x.device.type != "cpu" or x.numel() > _FEW_ROWS * x.shape[-1]:
+        return F.linear(x, weight, bias)
+    y = (weight @ x.reshape(-1, x.shape[-1]).t()).t().contiguous().view(*x.shape[:-1], weight.shape[0])
+    return y if bias is None else y + bias
+
+
 def _tp_parameter(local: torch.Tensor, partition_dim: int) -> nn.Parameter:
     param = nn.Parameter(local)
     sharding.set_tensor_parallel_attributes(param, partition_dim)
@@ -56,7 +76,7 @@ class ColumnParallelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[..., in]`` (replicated) -> ``[..., out/tp]`` or, gathered, ``[..., out]``."""
-        y = F.linear(mappings.copy_to_tp_region(x), self.weight, self.bias)
+        y = linear(mappings.copy_to_tp_region(x), self.weight, self.bias)
         return mappings.gather_from_tp_region(y) if self.gather_output else y
 
     def extra_repr(self) -> str:
@@ -83,7 +103,7 @@ class RowParallelLinear(nn.Module):
         """``[..., in/tp]`` (or replicated ``[..., in]``) -> ``[..., out]`` replicated."""
         if not self.input_is_parallel:
             x = mappings.scatter_to_tp_region(x)
-        y = mappings.reduce_from_tp_region(F.linear(x, self.weight))
+        y = mappings.reduce_from_tp_region(linear(x, self.weight))
         return y + self.bias if self.bias is not None else y
 
     def extra_repr(self) -> str:
@@ -132,4 +152,4 @@ def parallel_lm_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tens
     ``hidden [..., H]`` replicated, ``weight [Vp/tp, H]`` -> ``logits_parallel [..., Vp/tp]``
     (this rank's vocabulary block; feed it to ``vocab_parallel_cross_entropy``).
     """
-    return F.linear(mappings.copy_to_tp_region(hidden), weight)
+    return linear(mappings.copy_to_tp_region(hidden), weight)
