@@ -54,7 +54,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--work-dir", type=Path, default=REPO / "runs" / "gist-bench")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--records", type=int, default=None,
-                   help="records served at every batch size (default 24; quick 8): the same work at batch 1 and B")
+                   help="records served at every batch size (default 32, two full batches of 16; quick 8): "
+                        "the same work at batch 1 and B")
     p.add_argument("--ks", type=lambda text: tuple(int(k) for k in text.split(",")), default=None,
                    help="gist counts, comma-separated (default 1,2,5,10; quick 1,10)")
     p.add_argument("--threads", type=int, default=2)
@@ -69,13 +70,18 @@ def smollm_gguf() -> Path:
     return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def full_prompt_logits(model, formatted, steps: int) -> list[torch.Tensor]:
+    """Per-step logits [B, V] of the gist-masked model over the full prompts, as one batch."""
+    return generate_full(model, [f.tokens for f in formatted], [f.gist_start for f in formatted], steps,
+                         return_logits=True).step_logits
+
+
 def max_logit_diff(model, fmt, records, entries, steps: int) -> float:
     formatted = [fmt.format(r["instruction"], r.get("input", "")) for r in records]
-    full = generate_full(model, [f.tokens for f in formatted], [f.gist_start for f in formatted], steps,
-                         return_logits=True)
     cached = generate_cached(model, entries, [f.tokens[f.gist_end:] for f in formatted], steps,
                              return_logits=True)
-    return max((a - b).abs().max().item() for a, b in zip(full.step_logits, cached.step_logits))
+    return max((a - b).abs().max().item() for a, b in zip(full_prompt_logits(model, formatted, steps),
+                                                          cached.step_logits))
 
 
 def batch_noise_floor(model, fmt, records, steps: int) -> float:
@@ -83,13 +89,11 @@ def batch_noise_floor(model, fmt, records, steps: int) -> float:
     fp32 rounding of differently shaped batches, with no cache involved (the scale to read the cached
     difference against)."""
     formatted = [fmt.format(r["instruction"], r.get("input", "")) for r in records]
-    batched = generate_full(model, [f.tokens for f in formatted], [f.gist_start for f in formatted], steps,
-                            return_logits=True)
+    batched = full_prompt_logits(model, formatted, steps)
     diff = 0.0
     for row, f in enumerate(formatted):
-        alone = generate_full(model, [f.tokens], [f.gist_start], steps, return_logits=True)
-        diff = max(diff, max((a[0] - b[row]).abs().max().item() for a, b in zip(alone.step_logits,
-                                                                               batched.step_logits)))
+        alone = full_prompt_logits(model, [f], steps)
+        diff = max(diff, max((a[0] - b[row]).abs().max().item() for a, b in zip(alone, batched)))
     return diff
 
 
@@ -115,7 +119,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     ks, batches, new_tokens = ((1, 10), (1, 4), 4) if args.quick else ((1, 2, 5, 10), (1, 16), args.new_tokens)
     ks = args.ks or ks
-    pool = args.records or (8 if args.quick else 24)
+    pool = args.records or (8 if args.quick else 32)
     base = args.work_dir / "smollm2"
     if not (base / "config.json").is_file():
         print(f"importing {args.gguf or smollm_gguf()} -> {base}", flush=True)

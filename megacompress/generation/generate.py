@@ -74,13 +74,14 @@ class GenerationRequestError(ValueError):
     """Prompts or lengths the model cannot serve (a user error: the message says which)."""
 
 
-def check_lengths(config, prompts: list[list[int]], max_new_tokens: int) -> None:
-    """`GenerationRequestError` unless every prompt + ``max_new_tokens`` fits ``max_seq_len``."""
+def check_lengths(config, prompts: list[list[int]], max_new_tokens: int, offsets: list[int] | None = None) -> None:
+    """`GenerationRequestError` unless every prompt + ``max_new_tokens`` fits ``max_seq_len``;
+    ``offsets[b]``: positions before prompt b that its cache already holds (a stored gist prefix)."""
     if max_new_tokens < 1:
         raise GenerationRequestError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not prompts or any(len(p) == 0 for p in prompts):
         raise GenerationRequestError("generate: every prompt needs at least one token")
-    prompt_len = max(len(p) for p in prompts)
+    prompt_len = max(len(p) + (offsets[b] if offsets else 0) for b, p in enumerate(prompts))
     total = prompt_len + max_new_tokens
     if total > config.max_seq_len:
         raise GenerationRequestError(f"longest prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) = {total} "

@@ -29,13 +29,7 @@ from __future__ import annotations
 import torch
 
 from megacompress.generation.gist_cache import GistEntry
-from megacompress.generation.generate import GenerationOutput, decode_loop, length_batches
-
-
-def _check_length(model, needed: int) -> None:
-    if needed > model.config.max_seq_len:
-        raise ValueError(f"prompt + max_new_tokens = {needed} positions exceed the model's max_seq_len "
-                         f"{model.config.max_seq_len}")
+from megacompress.generation.generate import GenerationOutput, check_lengths, decode_loop, length_batches
 
 
 def _prefill_rows(model, cache, prompts: list[list[int]], *, entries: list[GistEntry] | None = None,
@@ -88,9 +82,9 @@ def generate_cached(model, entries: list[GistEntry], segments: list[list[int]], 
     if k != model.config.gist_tokens:
         raise ValueError(f"generate_cached: the entries hold {k} gists, the model was made for "
                          f"{model.config.gist_tokens}")
+    check_lengths(model.config, segments, max_new_tokens, offsets=[e.prefix_len for e in entries])
     starts = torch.tensor([e.prefix_len for e in entries])
     lengths = torch.tensor([len(s) for s in segments])
-    _check_length(model, int((starts + lengths).max()) + max_new_tokens)
     cache = model.new_kv_cache(len(segments), k + int(lengths.max()) + max_new_tokens)
     first = _prefill_rows(model, cache, segments, entries=entries)
     return _decode(model, cache, first, starts + lengths, max_new_tokens, eod_id, return_logits)
@@ -103,8 +97,8 @@ def generate_full(model, prompts: list[list[int]], gist_starts: list[int], max_n
     if not prompts or any(not p for p in prompts) or len(gist_starts) != len(prompts):
         raise ValueError("generate_full: one non-empty prompt per gist start")
     k = model.config.gist_tokens
+    check_lengths(model.config, prompts, max_new_tokens)
     longest = max(map(len, prompts))
-    _check_length(model, longest + max_new_tokens)
     gist_start = torch.tensor(gist_starts, device=model.output_weight.device)
     cache = model.new_kv_cache(len(prompts), longest + max_new_tokens)
     first = _prefill_rows(model, cache, prompts, gist_starts=gist_starts)
