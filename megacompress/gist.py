@@ -16,7 +16,12 @@
 
 Files of records are Alpaca-style JSON lists or JSONL. The tokenizer is the model
 directory's ``tokenizer.json`` (``--tokenizer`` for another directory, e.g. the gist
-model that a training export came from). Serving runs on one process (TP size 1).
+model that a training export came from).
+
+``compress``, ``generate`` and ``evaluate`` run on one process, or with tensor parallelism
+under ``torchrun --nproc-per-node N -m megacompress.gist CMD --tensor-parallel-size N ...``:
+every rank holds 1/N of the heads and computes the same tokens, rank 0 writes. A cache holds
+all heads whatever the TP size that made it, so any TP size can serve it.
 """
 
 from __future__ import annotations
@@ -30,10 +35,16 @@ import torch
 
 from megacompress import cli
 from megacompress.atomic import write_text_atomic
+from megacompress.parallel import state
 
 def _common(p: argparse.ArgumentParser, model_help: str = "gist model directory") -> None:
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--tokenizer", default=None, help="directory with tokenizer.json (default: --model)")
+
+
+def _parallel(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tensor-parallel-size", type=int, default=1,
+                   help="run under torchrun --nproc-per-node N with N = this (every rank holds 1/N of the heads)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,11 +61,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="shard prefix")
     p = sub.add_parser("compress", help="store the gist K/V of instructions")
     _common(p)
+    _parallel(p)
     p.add_argument("--instructions", required=True, help="JSON list or JSONL with an 'instruction' field")
     p.add_argument("--out", required=True, type=Path, help="cache directory")
     p.add_argument("--batch-size", type=int, default=8)
     p = sub.add_parser("generate", help="answer records from stored gist caches")
     _common(p)
+    _parallel(p)
     p.add_argument("--cache", type=Path, help="cache directory from `compress` (not with --no-cache)")
     p.add_argument("--inputs", required=True, help="JSON list or JSONL of {instruction, input}")
     p.add_argument("--out", required=True, type=Path, help="JSONL: one line per input record, in order")
@@ -63,6 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-cache", action="store_true", help="run the gist-masked model over the full prompt")
     p = sub.add_parser("evaluate", help="quality and efficiency on records with outputs")
     _common(p)
+    _parallel(p)
     p.add_argument("--data", required=True, help="JSON list or JSONL of {instruction, input, output}")
     p.add_argument("--out", type=Path, default=None, help="report JSON (default: print only)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -123,24 +137,37 @@ def run(args: argparse.Namespace) -> str:
         return f"wrote {args.out}: {json.dumps(meta['instruction'])}"
     if args.command == "perplexity":
         return json.dumps(_perplexity(args))
+    _init_parallel(args.tensor_parallel_size)
     model, fmt, tokenizer = _load(args)
     model_hash = gist_cache.model_identity(args.model)
+    writer = state.get_rank() == 0
     if args.command == "compress":
         instructions = list(dict.fromkeys(r["instruction"] for r in _records(args.instructions, False)))
         entries = gist_cache.compress(model, fmt, instructions, args.batch_size)
-        gist_cache.save_cache(args.out, instructions, entries, model_hash=model_hash, model_dir=args.model,
-                              k=fmt.k, tokenizer_fingerprint=tokenizer.fingerprint())
+        if writer:
+            gist_cache.save_cache(args.out, instructions, entries, model_hash=model_hash, model_dir=args.model,
+                                  k=fmt.k, tokenizer_fingerprint=tokenizer.fingerprint())
         return f"wrote {args.out}: {len(entries)} instructions, k={fmt.k}"
     if args.command == "generate":
         records = _records(args.inputs, False)
         cache = None if args.no_cache else gist_cache.GistCache(args.cache, model_hash=model_hash, k=fmt.k)
         outputs = gist_generate.answer(model, fmt, records, args.max_new_tokens, cache=cache,
-                                       batch_size=args.batch_size, show_progress=True)
+                                       batch_size=args.batch_size, show_progress=writer)
         lines = [json.dumps({"instruction": r["instruction"], "input": r.get("input", ""),
                              "output": tokenizer.decode(o)}) for r, o in zip(records, outputs)]
-        write_text_atomic(args.out, "".join(line + "\n" for line in lines))
+        if writer:
+            write_text_atomic(args.out, "".join(line + "\n" for line in lines))
         return f"wrote {args.out}: {len(lines)} outputs"
-    return _evaluate(args, model, fmt, tokenizer)
+    return _evaluate(args, model, fmt, tokenizer, writer)
+
+
+def _init_parallel(tensor_parallel_size: int) -> None:
+    """Tensor parallelism only: N ranks under torchrun form one TP group (data parallelism would
+    only repeat the same work)."""
+    state.initialize(tensor_parallel_size=tensor_parallel_size)
+    if state.get_data_parallel_world_size() != 1:
+        raise ValueError(f"{state.get_world_size()} processes for --tensor-parallel-size {tensor_parallel_size}: "
+                         "run with as many processes as the tensor-parallel size")
 
 
 def _perplexity(args) -> dict:
@@ -155,7 +182,7 @@ def _perplexity(args) -> dict:
     return {"model": str(args.model), "text": str(args.text), **result}
 
 
-def _evaluate(args, model, fmt, tokenizer) -> str:
+def _evaluate(args, model, fmt, tokenizer, writer: bool) -> str:
     from megacompress.generation import gist_cache, gist_eval, gist_generate
 
     records = _records(args.data, True)[:args.limit or None]
@@ -163,7 +190,7 @@ def _evaluate(args, model, fmt, tokenizer) -> str:
     cached = model.config.gist_variant == "gist"  # the controls answer over the full prompt (their mask)
     cache = dict(zip(instructions, gist_cache.compress(model, fmt, instructions, args.batch_size))) if cached else None
     outputs = gist_generate.answer(model, fmt, records, args.max_new_tokens, cache=cache,
-                                   batch_size=args.batch_size, show_progress=True)
+                                   batch_size=args.batch_size, show_progress=writer)
     predictions = [tokenizer.decode(o) for o in outputs]
     references = [r["output"] for r in records]
     report = gist_eval.quality([p.strip() for p in predictions], references, [len(o) for o in outputs],
@@ -174,7 +201,7 @@ def _evaluate(args, model, fmt, tokenizer) -> str:
     report.update(model=str(args.model), k=fmt.k, variant=model.config.gist_variant, data=str(args.data),
                   max_new_tokens=args.max_new_tokens)
     text = json.dumps(report, indent=2)
-    if args.out is not None:
+    if args.out is not None and writer:
         write_text_atomic(args.out, text + "\n")
     return text
 
@@ -183,12 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         with torch.no_grad():  # scoped: main() is also called in-process (tests, notebooks)
-            print(run(args))
+            message = run(args)
+        if not state.is_initialized() or state.get_rank() == 0:
+            print(message)
     except (ValueError, FileNotFoundError) as exc:  # ours are ValueError subclasses naming file + problem
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return cli.EXIT_USAGE
+    finally:
+        if getattr(args, "tensor_parallel_size", 1) > 1:  # the process group this run made
+            state.destroy()
     return 0
 
 

@@ -17,7 +17,8 @@ complete or absent; no pickles, safe to open from anywhere):
   dtype, and per key the instruction, ``prefix_len`` and its token count.
 
 `GistCache.open` refuses a cache made by another model or for another k, naming both.
-Caches are made at tensor-parallel size 1 (the K/V of all heads in one process).
+A cache holds the K/V of all heads, whatever the tensor-parallel size that made it or serves
+it (`GistEntry.local_heads`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from safetensors.torch import save_file
 from megacompress.data.instruction_dataset import InstructionFormat
 from megacompress.generation.generate import length_batches
 from megacompress.models import pretrained
+from megacompress.parallel import sharding, state
 
 FORMAT = 1
 INDEX, TENSORS = "index.json", "gists.safetensors"
@@ -53,6 +55,12 @@ class GistEntry:
 
     def nbytes(self) -> int:
         return self.keys.nbytes + self.values.nbytes
+
+    def local_heads(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys, values) of this TP rank's KV heads, [layers, Hkv/tp, k, D]."""
+        if state.get_tensor_parallel_world_size() == 1:
+            return self.keys, self.values
+        return sharding.shard(self.keys, 1), sharding.shard(self.values, 1)
 
 
 def instruction_key(instruction: str) -> str:
@@ -79,7 +87,7 @@ def check_prefix(prefix: list[int], fmt: InstructionFormat, what: str) -> None:
 
 @torch.no_grad()
 def compress(model, fmt: InstructionFormat, instructions: list[str], batch_size: int = 8) -> list[GistEntry]:
-    """Gist K/V of each instruction (model in eval mode, TP size 1)."""
+    """Gist K/V of each instruction (model in eval mode; all KV heads at any TP size)."""
     if model.config.gist_variant != "gist":  # the controls' answers need more than (or none of) the gists
         raise GistCacheError(f"a {model.config.gist_variant} model has no gist cache: its answers attend to "
                              f"{'the whole instruction' if model.config.gist_variant == 'pos_control' else 'no gist'}; "
@@ -110,8 +118,9 @@ def compress(model, fmt: InstructionFormat, instructions: list[str], batch_size:
               logits_index=torch.zeros(len(batch), dtype=torch.long))
         for row, (index, prefix) in enumerate(zip(rows, batch)):
             gists = slice(len(prefix) - fmt.k, len(prefix))
-            entries[index] = GistEntry(torch.stack([k[row, :, gists] for k in cache.k]).cpu(),
-                                       torch.stack([v[row, :, gists] for v in cache.v]).cpu(), len(prefix))
+            # This rank's KV heads -> all of them (dim 1), so a cache does not depend on the TP size.
+            entries[index] = GistEntry(*(sharding.gather(torch.stack([t[row, :, gists] for t in part]), 1).cpu()
+                                         for part in (cache.k, cache.v)), len(prefix))
     return entries
 
 

@@ -46,7 +46,8 @@ def _prefill_rows(model, cache, prompts: list[list[int]], *, entries: list[GistE
         loaded = 0 if entry is None else k
         one = model.new_kv_cache(1, loaded + len(prompt))
         if entry is not None:
-            one.load([t[None].to(device) for t in entry.keys], [t[None].to(device) for t in entry.values], [k])
+            keys, values = entry.local_heads()
+            one.load([t[None].to(device) for t in keys], [t[None].to(device) for t in values], [k])
         start = 0 if entry is None else entry.prefix_len
         ids = torch.tensor([prompt], device=device)
         span = {} if gist_starts is None else {"gist_start": torch.tensor([gist_starts[row]], device=device),
