@@ -37,6 +37,7 @@ from megacompress import cli
 from megacompress.atomic import write_text_atomic
 from megacompress.parallel import state
 
+
 def _common(p: argparse.ArgumentParser, model_help: str = "gist model directory") -> None:
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--tokenizer", default=None, help="directory with tokenizer.json (default: --model)")
