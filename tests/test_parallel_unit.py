@@ -138,16 +138,14 @@ def test_layers_at_tp1_match_plain_torch(world1):
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 24), (2, 16, 24), (5, 40, 24)])  # few rows (CPU route), many rows
-def test_linear_equals_f_linear_with_gradients(shape):
-    w, b = torch.randn(32, 24, requires_grad=True), torch.randn(32, requires_grad=True)
-    x = torch.randn(shape, requires_grad=True)
-    y = linear(x, w, b)
+def test_linear_equals_f_linear(shape):
+    w, b, x = torch.randn(32, 24), torch.randn(32), torch.randn(shape)
+    with torch.no_grad():  # generation: where the CPU route applies
+        y = linear(x, w, b)
     assert y.shape == (*shape[:-1], 32) and y.is_contiguous()
-    grads_ours = torch.autograd.grad(y.square().sum(), (x, w, b))
-    reference = F.linear(x, w, b)
-    torch.testing.assert_close(y, reference, rtol=1e-6, atol=1e-6)
-    for ours, theirs in zip(grads_ours, torch.autograd.grad(reference.square().sum(), (x, w, b))):
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-6, atol=1e-6)
+    w.requires_grad_()
+    assert linear(x, w, b).grad_fn is not None  # with autograd: F.linear (ZeRO-3 gathers through it)
 
 
 def test_grad_norm_and_clip_at_tp1(world1):

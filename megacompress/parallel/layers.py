@@ -39,16 +39,18 @@ _FEW_ROWS = 64
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``; on CPU with few rows of ``x``, computed as ``(weight @ x^T)^T``.
+    """``F.linear(x, weight, bias)``; in inference on CPU with few rows of ``x``, computed as
+    ``(weight @ x^T)^T``.
 
     The same products and sums, a faster kernel: MKL's sgemm for ``x W^T`` with few rows of
     ``x`` ran at about half the speed of ``W x^T`` on our 2-core AMD EPYC (the tied LM head
-    [16, 576] x [576, 49280]: 48 -> 30 ms; a SmolLM2-135M decode step at batch 16: 278 -> 158
-    ms, logits bit-identical), and no slower at any shape measured; from a few hundred rows
-    the two run alike, so training keeps ``F.linear``. The result is made contiguous (a TP
-    all-reduce needs that), which costs little at few rows.
+    [16, 576] x [576, 49280]: 48 -> 30 ms; a SmolLM2-135M decode step at batch 16: 278 -> 158-190
+    ms, logits bit-identical), and as fast at one row; from a few hundred rows the two run
+    alike. Only without autograd (generation): under ZeRO-3 a weight released after the forward
+    is gathered again for the backward by DeepSpeed's wrapper of ``F.linear``, not for a raw
+    matmul. The result is made contiguous (a TP all-reduce needs that), cheap at few rows.
     """
-    if x.device.type != "cpu" or x.numel() > _FEW_ROWS * x.shape[-1]:
+    if x.device.type != "cpu" or torch.is_grad_enabled() or x.numel() > _FEW_ROWS * x.shape[-1]:
         return F.linear(x, weight, bias)
     y = (weight @ x.reshape(-1, x.shape[-1]).t()).t().contiguous().view(*x.shape[:-1], weight.shape[0])
     return y if bias is None else y + bias
