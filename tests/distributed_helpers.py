@@ -44,13 +44,19 @@ def run_torchrun(
     nnodes: int = 1,
 ) -> subprocess.CompletedProcess:
     """``torchrun --nproc-per-node nproc script args`` on 127.0.0.1; raises with the logs on failure."""
-    cmd = [
+    return run_checked(torchrun_command(nproc, [str(script), *(args or [])], nnodes=nnodes), env=cpu_env(env),
+                       timeout=timeout)
+
+
+def torchrun_command(nproc: int, target: list[str], *, nnodes: int = 1) -> list[str]:
+    """The torchrun command line on 127.0.0.1 (a free port) for ``target``: ``[script, *args]``
+    or ``["-m", module, *args]``."""
+    return [
         sys.executable, "-m", "torch.distributed.run",
         f"--nproc-per-node={nproc}", f"--nnodes={nnodes}",
         "--master-addr=127.0.0.1", f"--master-port={free_port()}",
-        str(script), *(args or []),
+        *target,
     ]
-    return run_checked(cmd, env=cpu_env(env), timeout=timeout)
 
 
 def run_checked(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float = 300,

@@ -4,12 +4,11 @@ holds all heads (within 1e-5 of TP=1's) and the answers are the same text."""
 
 import json
 import subprocess
-import sys
 
 import pytest
 from safetensors.torch import load_file
 
-from distributed_helpers import cpu_env, free_port, run_checked
+from distributed_helpers import cpu_env, run_checked, torchrun_command
 from megacompress import gist as gist_cli
 from workers.gist_common import tiny_gist_model
 
@@ -21,13 +20,12 @@ RECORDS = [
 ]
 
 
-def torchrun(nproc: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
-            f"--master-port={free_port()}", "-m", "megacompress.gist", *args]
+def gist_torchrun(*args: str) -> list[str]:
+    return torchrun_command(2, ["-m", "megacompress.gist", *args])
 
 
 def gist_tp2(*args: str) -> None:
-    run_checked(torchrun(2, *args, "--tensor-parallel-size", "2"), env=cpu_env(), timeout=240)
+    run_checked(gist_torchrun(*args, "--tensor-parallel-size", "2"), env=cpu_env(), timeout=240)
 
 
 @pytest.mark.distributed
@@ -55,6 +53,6 @@ def test_tp2_compress_and_generate_equal_one_process(tmp_path):
     assert lines == (tmp_path / "tp1.jsonl").read_text() and len(lines.splitlines()) == len(RECORDS)
 
     # More processes than the TP size would only repeat the work: refused with the reason.
-    done = subprocess.run(torchrun(2, "generate", *common, *answer, "--no-cache", "--out", str(tmp_path / "x.jsonl")),
+    done = subprocess.run(gist_torchrun("generate", *common, *answer, "--no-cache", "--out", str(tmp_path / "x.jsonl")),
                           env=cpu_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode != 0 and "run with as many processes as the tensor-parallel size" in done.stderr

@@ -50,7 +50,7 @@ from megacompress.atomic import write_text_atomic
 from megacompress.data import partition_merge as pm
 from megacompress.data import readers
 from megacompress.data.indexed import DTYPE_CODES, IndexedDatasetWriter, best_dtype, cast_tokens
-from megacompress.data.tokenizers import TOKENIZER_KINDS, build_tokenizer
+from megacompress.data.tokenizers import TOKENIZER_KINDS, build_tokenizer, encode_pieces
 from megacompress.progress import progress
 
 # Record-level reasons to skip a record (for every key); "incomplete": some key was unusable.
@@ -127,8 +127,8 @@ def _encode_document(text: str) -> tuple[list[int], list[int]]:
         ids = tok.encode(text)
     else:
         ids = []
-        for i, sentence in enumerate(splitter.split(text)):
-            ids.extend(tok.encode_continuation(sentence) if i else tok.encode(sentence))
+        for sentence in encode_pieces(tok, splitter.split(text)):
+            ids.extend(sentence)
             offsets.append(len(ids))
             ids.append(_STATE["eos"])
     if _STATE["append_eod"]:

@@ -64,6 +64,12 @@ class Tokenizer(Protocol):
     def fingerprint(self) -> str: ...
 
 
+def encode_pieces(tokenizer: Tokenizer, pieces: Sequence[str]) -> list[list[int]]:
+    """Ids of consecutive pieces of one text (sentences): the first encoded as the start of a
+    text, the others as its continuation (`Tokenizer.encode_continuation`)."""
+    return [tokenizer.encode_continuation(piece) if i else tokenizer.encode(piece) for i, piece in enumerate(pieces)]
+
+
 def _utf8(text: str) -> bytes:
     try:
         return text.encode("utf-8")

@@ -116,11 +116,14 @@ def compress(model, fmt: InstructionFormat, instructions: list[str], batch_size:
         # Only the K/V are kept: the LM head runs at one position, not at every token.
         model(ids.to(device), positions.to(device), docs.to(device), kv_cache=cache,
               logits_index=torch.zeros(len(batch), dtype=torch.long))
+        spans = [slice(len(prefix) - fmt.k, len(prefix)) for prefix in batch]
+        # [rows, layers, Hkv/tp, k, D]; this rank's KV heads -> all of them, one gather per batch,
+        # so a cache does not depend on the TP size.
+        keys, values = (sharding.gather(torch.stack([torch.stack([t[row, :, span] for t in part])
+                                                     for row, span in enumerate(spans)]), 2).cpu()
+                        for part in (cache.k, cache.v))
         for row, (index, prefix) in enumerate(zip(rows, batch)):
-            gists = slice(len(prefix) - fmt.k, len(prefix))
-            # This rank's KV heads -> all of them (dim 1), so a cache does not depend on the TP size.
-            entries[index] = GistEntry(*(sharding.gather(torch.stack([t[row, :, gists] for t in part]), 1).cpu()
-                                         for part in (cache.k, cache.v)), len(prefix))
+            entries[index] = GistEntry(keys[row], values[row], len(prefix))
     return entries
 
 

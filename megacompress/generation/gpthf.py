@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from megacompress.data.tokenizers import encode_pieces
 from megacompress.generation.fast import register_generator
 from megacompress.generation.generate import GenerationOutput, check_lengths, decode_loop, left_pad
 from megacompress.models.gpthf import BODY, ENCODER
@@ -52,9 +53,9 @@ def encode_prompt(tokenizer, text: str, eos_id: int, splitter=None, *, ends_sent
     from megacompress.data.sentences import split_sentences  # NLTK import: only when needed
 
     ids: list[int] = []
-    pieces = split_sentences(text, splitter)
+    pieces = encode_pieces(tokenizer, split_sentences(text, splitter))
     for i, piece in enumerate(pieces):
-        ids += tokenizer.encode_continuation(piece) if i else tokenizer.encode(piece)
+        ids += piece
         if i < len(pieces) - 1 or ends_sentence:
             ids.append(eos_id)
     return ids
