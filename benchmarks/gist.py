@@ -7,7 +7,7 @@ once into ``--work-dir`` (fp32), and instruction records (``--data``, default th
 ``instructions/valid.jsonl``). For each k a gist model is made with ``gist init`` (untrained:
 costs and exactness do not depend on the weights). For each (k, batch): the first
 ``--records`` records are served in batches of that size grouped by length (as ``gist generate``
-serves them: ragged prefill, batched decoding), greedily from their gist caches and, for
+serves them: packed prefill, batched decoding), greedily from their gist caches and, for
 comparison, from the full prompt with a KV cache (`megacompress.generation.gist_eval.efficiency`): FLOPs ratio of the
 prefill (gist / full), wall-clock ratio of prefill + ``--new-tokens`` tokens, KV bytes per stored
 prompt (full instruction / gists), compression factor (instruction tokens / k) and tokens/s; the

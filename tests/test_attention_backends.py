@@ -71,6 +71,37 @@ def test_flex_forward_matches_sdpa(kind, S):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
+def per_slot_gist_spans(document_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each document of each row its own gist span (its second slot, or its first if it has one);
+    padding slots none (start = end = S)."""
+    B, S = document_ids.shape
+    start, end = torch.full((B, S), S), torch.full((B, S), S)
+    for b in range(B):
+        for d in document_ids[b].unique().tolist():
+            if d < 0:
+                continue
+            slots = (document_ids[b] == d).nonzero().flatten()
+            first = int(slots[0]) + min(1, len(slots) - 1)
+            start[b, slots], end[b, slots] = first, first + 1
+    return start, end
+
+
+def test_per_slot_gist_spans_sdpa_and_flex():
+    """Several gist prompts packed per row (spans per slot): SDPA equals the reference for every
+    gist kind, flex equals SDPA (the gist kind; flex compiles per mask, which is slow on CPU)."""
+    meta = random_metadata(2, 100, seed=7)
+    meta["gist_start"], meta["gist_end"] = per_slot_gist_spans(meta["document_ids"])
+    q, k, v = qkv(2, 100, seed=7)
+    for kind in ("gist", "gist_neg_control", "gist_pos_control"):
+        mask = build(kind, meta)
+        ref = attend(q, k, v, prepare(mask, "sdpa"))
+        dense_mask = masks.dense(mask.mask_fn, 2, 100, 100)
+        torch.testing.assert_close(ref, reference(q, k, v, dense_mask), atol=1e-5, rtol=1e-5)
+        if kind == "gist":
+            with torch.no_grad():
+                torch.testing.assert_close(attend(q, k, v, prepare(mask, "flex")), ref, atol=1e-5, rtol=1e-5)
+
+
 def blocks_from_cu_seqlens(cu_seqlens: torch.Tensor, B: int, S: int) -> torch.Tensor:
     """The block-diagonal causal mask [B, 1, S, S] that flash-attn varlen computes for these segments."""
     seg = torch.zeros(B * S, dtype=torch.long)

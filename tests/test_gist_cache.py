@@ -104,24 +104,43 @@ def test_batches_grouped_by_length_come_back_in_input_order(gist2):
     assert answer(model, fmt, RECORDS, 8, cache=cache, batch_size=3) == one_by_one
 
 
-def test_a_mixed_batch_prefills_no_padding(gist2):
-    """Ragged prefill: a batch's prefill FLOPs are the sum of its rows' alone, on both sides."""
+def test_a_packed_prefill_equals_rows_alone_and_computes_no_padding(gist2):
+    """Packed prefill: the rows' logits as alone; the matmuls' FLOPs are the sum of the rows' alone
+    (no padding), only attention over the packed row adds some; budget 1 = every row alone."""
     from megacompress.generation.gist_eval import measure
+    from megacompress.models import flops as flop_formulas
 
     _, model, fmt = gist2
     formatted = [fmt.format(r["instruction"], r["input"]) for r in RECORDS]
     entries = gist_cache.compress(model, fmt, [r["instruction"] for r in RECORDS])
 
-    def flops(run) -> int:
-        return measure(run, repeats=0)[0]  # counted once, not timed
-
-    def cached(rows):
+    def cached(rows, new=4, **budget):
         return lambda: generate_cached(model, [entries[i] for i in rows],
-                                       [formatted[i].tokens[formatted[i].gist_end:] for i in rows], 1)
+                                       [formatted[i].tokens[formatted[i].gist_end:] for i in rows], new,
+                                       return_logits=True, **budget)
 
-    def full(rows):
+    def full(rows, new=4, **budget):
         return lambda: generate_full(model, [formatted[i].tokens for i in rows],
-                                     [formatted[i].gist_start for i in rows], 1)
+                                     [formatted[i].gist_start for i in rows], new, return_logits=True, **budget)
+
+    def flops(run) -> tuple[int, int]:
+        """(matmul FLOPs, attention FLOPs) of a call."""
+        with flop_formulas.flop_counter_mode() as counter:
+            run()
+        by_op = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+        attention = sum(n for op, n in by_op.items() if "attention" in op)
+        return sum(by_op.values()) - attention, attention
 
     for side in (cached, full):
-        assert flops(side(range(4))) == sum(flops(side([i])) for i in range(4))
+        batch = side(range(4))()
+        for i in range(4):
+            alone = side([i])()
+            assert alone.tokens[0] == batch.tokens[i]
+            diff = max((a[0] - b[i]).abs().max().item() for a, b in zip(alone.step_logits, batch.step_logits))
+            assert diff < 1e-4, diff
+        # prefills (+ the first token, which decodes nothing)
+        one_at_a_time = [flops(side([i], new=1)) for i in range(4)]
+        packed, ragged = flops(side(range(4), new=1)), flops(side(range(4), new=1, prefill_tokens=1))
+        assert packed[0] == ragged[0] == sum(f[0] for f in one_at_a_time)
+        assert ragged[1] == sum(f[1] for f in one_at_a_time) < packed[1]
+    assert measure(side(range(4), new=1), repeats=0)[0] == sum(packed)  # what the benchmark counts

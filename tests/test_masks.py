@@ -76,6 +76,26 @@ def test_gist_with_padding_and_per_row_spans():
     assert torch.equal(got[1], expected_row1)
 
 
+def test_per_slot_spans_pack_gist_prompts_in_one_row():
+    """Two gist prompts packed in one row (documents 0 and 1), each slot carrying its own
+    prompt's span: the mask is the two prompts' own gist masks on the diagonal, nothing across."""
+    doc = torch.tensor([[0] * 8 + [1] * 6 + [-1] * 2])
+    first, second = (2, 4), (8 + 1, 8 + 2)  # slot coordinates of the packed row
+    start = torch.tensor([[first[0]] * 8 + [second[0]] * 8])
+    end = torch.tensor([[first[1]] * 8 + [second[1]] * 8])
+    alone = masks.gist(torch.tensor([[0] * 6]), torch.tensor([1]), torch.tensor([2]))
+    neg_alone = masks.gist_neg_control(torch.tensor([[0] * 6]), torch.tensor([1]), torch.tensor([2]))
+    cases = ((masks.gist, alone, GIST_EXPECTED), (masks.gist_neg_control, neg_alone, GIST_NEG_EXPECTED))
+    for packed, one, expected in cases:
+        got = dense2d(packed(doc, start, end), S=16)[0]
+        assert torch.equal(got[:8, :8], expected)
+        assert torch.equal(got[8:14, 8:14], dense2d(one, S=6)[0])
+        assert not got[8:14, :8].any() and not got[:8, 8:].any()
+        assert torch.equal(got[14:, 14:], torch.eye(2, dtype=torch.bool))  # padding sees itself
+    with pytest.raises(ValueError, match="per slot"):
+        masks.gist(doc, start[:, :8], end[:, :8])
+
+
 def test_row_without_gists_is_causal():
     fn = masks.gist(GIST_DOC, torch.tensor([8]), torch.tensor([8]))
     assert torch.equal(dense2d(fn)[0], CAUSAL8)

@@ -14,7 +14,8 @@ Factories close over per-sample ``[B, S]`` metadata (see docs/architecture.md,
 "Samples and batches"): ``document_ids`` int64 (``-1`` = padding), ``eos_mask``
 bool (True at sentence-end tokens), and for gist rows ``gist_start`` /
 ``gist_end`` int64 ``[B]`` (index of the first gist, index after the last gist; a
-row without gists uses ``gist_start == gist_end >= S``, which makes it causal).
+row without gists uses ``gist_start == gist_end >= S``, which makes it causal), or
+``[B, S]``: each slot's own document's span, for rows that pack several gist prompts.
 ``q_idx`` / ``kv_idx`` are absolute positions in the sample (decode steps shift
 ``q_idx`` with :func:`with_q_offset`). Documents are contiguous runs of equal
 ``document_ids``.
@@ -61,13 +62,14 @@ def _check_eos(document_ids: Tensor, eos_mask: Tensor) -> None:
 
 def _check_gist(document_ids: Tensor, gist_start: Tensor, gist_end: Tensor) -> None:
     _check_ids("document_ids", document_ids, 2)
-    _check_ids("gist_start", gist_start, 1)
-    _check_ids("gist_end", gist_end, 1)
-    batch = document_ids.shape[0]
-    if gist_start.shape[0] != batch or gist_end.shape[0] != batch:
+    per_slot = gist_start.dim() == 2
+    _check_ids("gist_start", gist_start, 2 if per_slot else 1)
+    _check_ids("gist_end", gist_end, 2 if per_slot else 1)
+    shape = tuple(document_ids.shape) if per_slot else (document_ids.shape[0],)
+    if tuple(gist_start.shape) != shape or tuple(gist_end.shape) != shape:
         raise ValueError(
-            f"attention.masks: gist_start/gist_end must have shape [{batch}], "
-            f"got {tuple(gist_start.shape)} / {tuple(gist_end.shape)}"
+            f"attention.masks: gist_start/gist_end must have shape [{document_ids.shape[0]}] (per row) or "
+            f"{list(document_ids.shape)} (per slot), got {tuple(gist_start.shape)} / {tuple(gist_end.shape)}"
         )
     if bool((gist_start < 0).any()) or bool((gist_end < gist_start).any()):
         raise ValueError("attention.masks: need 0 <= gist_start <= gist_end in every row")
@@ -76,6 +78,11 @@ def _check_gist(document_ids: Tensor, gist_start: Tensor, gist_end: Tensor) -> N
     if bool(((gist_start == gist_end) & (gist_start < seq)).any()):
         raise ValueError(f"attention.masks: a row without gists needs gist_start == gist_end >= {seq} "
                          "(the sequence length); an empty span inside the sequence is ambiguous")
+
+
+def _span(span: Tensor, b: Tensor, q_idx: Tensor) -> Tensor:
+    """The gist span bound that applies to query ``q_idx`` of row ``b`` (per row or per slot)."""
+    return span[b] if span.dim() == 1 else span[b, q_idx]
 
 
 def _same_document(document_ids: Tensor, b: Tensor, q_idx: Tensor, kv_idx: Tensor, allowed: Tensor) -> Tensor:
@@ -140,11 +147,13 @@ def gpthf_body(document_ids: Tensor, eos_mask: Tensor) -> MaskFn:
 
 def _after_gists_see_from(document_ids: Tensor, gist_start: Tensor, gist_end: Tensor,
                           first_visible: Tensor) -> MaskFn:
-    """Causal + padding, except that queries ``q >= gist_end`` see only keys ``kv >= first_visible[b]``."""
+    """Causal + padding, except that queries ``q >= gist_end`` see only keys ``kv >= first_visible``
+    (of the row, or of the query's slot: `_span`)."""
     _check_gist(document_ids, gist_start, gist_end)
 
     def mask(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-        allowed = (kv_idx <= q_idx) & ((q_idx < gist_end[b]) | (kv_idx >= first_visible[b]))
+        after_gists = q_idx >= _span(gist_end, b, q_idx)
+        allowed = (kv_idx <= q_idx) & (~after_gists | (kv_idx >= _span(first_visible, b, q_idx)))
         return _same_document(document_ids, b, q_idx, kv_idx, allowed)
 
     return mask

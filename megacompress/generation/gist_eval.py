@@ -12,7 +12,8 @@ tokens (no early stop, so both sides decode the same count):
   into a KV cache, then decoding (`generate_full`), which is what the pos-control model
   costs: with a dense SDPA mask FLOPs and time do not depend on which keys are masked.
 * ``prefill_*`` counts one forward pass + the first token (``max_new_tokens=1``), ``total_*``
-  prefill + all new tokens. FLOPs from ``torch.utils.flop_counter.FlopCounterMode``;
+  prefill + all new tokens. FLOPs from ``torch.utils.flop_counter.FlopCounterMode`` with CPU
+  attention counted (`megacompress.models.flops.flop_counter_mode`: dense, masked keys too);
   wall-clock = best of ``repeats`` runs, on this process's threads.
 * KV bytes per stored prompt: the k gists' K/V vs the K/V of the instruction's tokens (the
   prefix without gists), all layers, the model's dtype.
@@ -24,9 +25,9 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from megacompress.generation.gist_generate import generate_cached, generate_full, serving_batches
+from megacompress.models.flops import flop_counter_mode
 
 
 def quality(predictions: list[str], references: list[str], prediction_tokens: list[int],
@@ -45,7 +46,7 @@ def measure(fn: Callable[[], object], repeats: int = 1, count: bool = True) -> t
     """(FLOPs of one call, or None without ``count``; best wall-clock seconds over ``repeats`` calls)."""
     flops = None
     if count:
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter_mode() as counter:
             fn()
         flops = counter.get_total_flops()
     best = float("inf")

@@ -3,7 +3,8 @@ from every token after the ``<GIST>`` tokens (architecture ``"gist"``).
 
 Only the mask differs from `GPT` (embedding, blocks, head, TP, DP, save / load, KV cache
 are the GPT's). Batch inputs add ``gist_start``, ``gist_end`` (int64 [B]: index of a row's
-first gist token and the index after its last, in the row's slot coordinates). The mask
+first gist token and the index after its last, in the row's slot coordinates; or [B, S]:
+each slot's own prompt's span, when a row packs several prompts). The mask
 kind comes from ``config.gist_variant``:
 
 ==============  ======================  =============================================

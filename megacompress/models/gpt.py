@@ -92,7 +92,8 @@ class GPT(nn.Module):
         """With ``kv_cache``: the new tokens attend to their row's cached entries and are
         appended to the rows in ``kv_commit`` (default all; see `KVCache.begin_step`);
         ``position_ids`` default to each row's cache length onward. ``logits_index`` [B]: run
-        the LM head only at that slot of each row (logits [B, 1, Vp/tp]; a prefill needs no more)."""
+        the LM head only at that slot of each row (logits [B, 1, Vp/tp]; a prefill needs no more),
+        or [B, N]: at N slots of each row (logits [B, N, Vp/tp]; a packed prefill)."""
         b, s = input_ids.shape
         if s > self.config.max_seq_len:
             raise ValueError(f"sequence of {s} tokens exceeds max_seq_len {self.config.max_seq_len}")

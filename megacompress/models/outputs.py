@@ -44,11 +44,15 @@ def language_model_loss(logits_parallel: torch.Tensor, labels: torch.Tensor,
 
 
 def select_positions(hidden: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-    """[B, S, H] -> [B, 1, H] at slot ``index[b]`` of each row (unchanged when ``index`` is None)."""
+    """[B, S, H] -> [B, 1, H] at slot ``index[b]`` of each row, or [B, N, H] at slots ``index[b, :]``
+    (several prompts packed in one row); unchanged when ``index`` is None."""
     if index is None:
         return hidden
+    index = index.to(hidden.device)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
-    return hidden[rows, index.to(hidden.device)][:, None]
+    if index.dim() == 2:
+        return hidden[rows[:, None], index]
+    return hidden[rows, index][:, None]
 
 
 def gather_logits(logits_parallel: torch.Tensor, vocab_size: int) -> torch.Tensor:
