@@ -129,3 +129,20 @@ def test_build_errors(tmp_path):
         build_tokenizer("sentencepiece")
     with pytest.raises(FileNotFoundError, match="nope.model"):
         build_tokenizer("sentencepiece", str(tmp_path / "nope.model"))
+
+
+def test_continuation_drops_a_byte_level_prefix_space(tmp_path):
+    """A RoBERTa-style tokenizer (ByteLevel with add_prefix_space) spaces every text it encodes;
+    a continuation must not get that space, a first piece keeps it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.train_from_iterator(["hello world, hello there"] * 20, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<eos>"}))
+    ours = build_tokenizer("hf", str(tmp_path))
+    assert ours.encode("hello") == tok.encode(" hello").ids
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    assert ours.encode_continuation("hello") == tok.encode("hello").ids != ours.encode("hello")

@@ -298,7 +298,8 @@ class SentencePieceTokenizer(_Specials):
 def _without_prefix_space(spec: dict) -> dict | None:
     """A ``tokenizer.json`` spec without the "▁" that SentencePiece-style tokenizers put before
     every text (a ``Prepend`` normalizer, a ``Metaspace`` pre-tokenizer's ``prepend_scheme`` /
-    ``add_prefix_space``); None when it puts none."""
+    ``add_prefix_space``), or the space of a RoBERTa-style ``ByteLevel`` ``add_prefix_space``;
+    None when it puts none."""
     changed = False
 
     def normalizer(node):
@@ -323,6 +324,9 @@ def _without_prefix_space(spec: dict) -> dict | None:
             changed = True
             return {**node, **({"prepend_scheme": "never"} if "prepend_scheme" in node else {}),
                     **({"add_prefix_space": False} if "add_prefix_space" in node else {})}
+        if node.get("type") == "ByteLevel" and node.get("add_prefix_space"):
+            changed = True
+            return {**node, "add_prefix_space": False}
         return node
 
     out = {**spec, "normalizer": normalizer(spec.get("normalizer")),
