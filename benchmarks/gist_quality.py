@@ -10,8 +10,9 @@ its last checkpoint):
 
 1. ``tools/convert_checkpoint.py import-gguf`` of the SmolLM2 GGUF -> WORK/smollm2 (fp32);
 2. ``python -m megacompress.gist init --k 1`` -> WORK/gist1, ``gist prepare`` -> WORK/data/{train,valid};
-3. per variant, ``python -m megacompress.train --config configs/gist-smollm2-k1.yaml`` on 2 CPU
-   processes (torchrun, ZeRO-1) -> WORK/train-VARIANT, exported to WORK/trained-VARIANT (its
+3. per variant, ``python -m megacompress.train --config configs/gist-smollm2-k1.yaml`` on
+   ``--nproc`` data-parallel processes (torchrun, ZeRO-1; 2 on CPU, one per GPU, bf16 there)
+   -> WORK/train-VARIANT, exported to WORK/trained-VARIANT (its
    ``max_seq_len`` raised back to 2048 for answering: training cuts records at ``--seq-len``);
 4. per variant, ``python -m megacompress.gist evaluate`` on the first ``--eval-records`` of
    ``instructions/valid.jsonl`` (greedy, ``--max-new-tokens``; the gist model from its gist
@@ -51,6 +52,8 @@ def parse_args() -> argparse.Namespace:
                    help="20 steps, 16 evaluation records, 64 new tokens (a smoke run, not a result)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per variant (default 150; quick 20)")
     p.add_argument("--global-batch", type=int, default=4)
+    p.add_argument("--nproc", type=int, default=None,
+                   help="training processes (data parallel): default one per GPU when CUDA is available, else 2")
     p.add_argument("--seq-len", type=int, default=192, help="max_seq_len of training (longer records are cut)")
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (cosine to a tenth)")
     p.add_argument("--eval-records", type=int, default=None, help="first N valid records (default all 57; quick 16)")
@@ -65,11 +68,17 @@ def parse_args() -> argparse.Namespace:
     args.eval_records = args.eval_records or (16 if quick else 0)
     args.max_new_tokens = args.max_new_tokens or (64 if quick else 256)
     args.work_dir = args.work_dir or REPO / "runs" / ("gist-quality-quick" if quick else "gist-quality")
+    if args.nproc is None:
+        import torch
+
+        args.nproc = torch.cuda.device_count() or 2
+    if args.nproc < 1 or args.global_batch % args.nproc:
+        p.error(f"--global-batch {args.global_batch} must be a multiple of --nproc {args.nproc}")
     return args
 
 
 def run(cmd: list[str], log: Path | None = None) -> float:
-    """Run a command from the repository root (2 CPU processes share the cores: 1 thread each); seconds."""
+    """Run a command from the repository root (CPU processes share the cores: 1 thread each); seconds."""
     print("$ " + " ".join(map(str, cmd)), flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     start = time.time()
@@ -105,13 +114,14 @@ def train(args, work: Path, gist: Path, variant: str) -> dict:
             f"eval.data_path=[{work / 'data' / 'valid'}]", f"eval.interval={max(1, args.steps // 3)}",
             f"logging.run_dir={run_dir}", f"schedule.train_steps={args.steps}",
             f"schedule.warmup_steps={max(1, args.steps // 15)}", f"schedule.global_batch_size={args.global_batch}",
-            f"schedule.micro_batch_size={args.global_batch // 2}", f"optimizer.lr={args.lr}",
+            f"schedule.micro_batch_size={args.global_batch // args.nproc}", f"optimizer.lr={args.lr}",
             f"optimizer.min_lr={args.lr / 10}", f"checkpoint.interval={max(1, args.steps // 6)}",
             "logging.progress_bar=false"]
     status = run_dir / "exit_status.json"
     if not (status.is_file() and json.loads(status.read_text())["reason"] == "finished"):
-        run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-             "--master-port=29541", "-m", "megacompress.train", "--config", "configs/gist-smollm2-k1.yaml",
+        run([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}",
+             "--master-addr=127.0.0.1", "--master-port=29541", "-m", "megacompress.train",
+             "--config", "configs/gist-smollm2-k1.yaml",
              *[arg for s in sets for arg in ("--set", s)]], log=work / f"train-{variant}.log")
     if not (model_dir / "config.json").is_file():
         run([sys.executable, "tools/convert_checkpoint.py", "export", run_dir / "checkpoints", model_dir])
@@ -182,7 +192,8 @@ def main() -> int:
     rouge = {v: variants[v]["rouge_l"] for v in VARIANTS}
     report = {
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to fp32) + 1 gist token", "quick": args.quick,
-        "steps": args.steps, "global_batch": args.global_batch, "seq_len": args.seq_len, "lr": args.lr,
+        "steps": args.steps, "global_batch": args.global_batch, "nproc": args.nproc, "seq_len": args.seq_len,
+        "lr": args.lr,
         "train_data": str(args.data_dir / "train.jsonl"), "eval_data": str(args.data_dir / "valid.jsonl"),
         "eval_records": variants["gist"]["records"], "max_new_tokens": args.max_new_tokens,
         "variants": variants,

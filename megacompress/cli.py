@@ -59,6 +59,32 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> None:
                         help="show full tracebacks for errors (default: one 'error: ...' line)")
 
 
+class DeviceError(ValueError):
+    """A ``--device`` that is not a device, or a GPU this machine does not have."""
+
+
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda or cuda:N; auto = this rank's GPU (LOCAL_RANK) when CUDA is available, else cpu")
+
+
+def resolve_device(name: str):
+    """``--device`` -> ``torch.device`` (see `add_device_flag`); `DeviceError` when unusable."""
+    import torch
+
+    if name == "auto":
+        return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"--device {name!r} is not a device (cpu, cuda, cuda:N or auto)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"--device {name!r}: only cpu and cuda are supported")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"--device {name}: no CUDA device is available on this machine")
+    return device
+
+
 def is_rank_zero() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
@@ -76,8 +102,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from megacompress.training.config import TrainConfigError
 
     return (ConfigError, TrainConfigError, DataConfigError, ShardError, SentenceModelError, CheckpointError,
-            TokenizerMismatch, GenerationRequestError, KVCacheOverflow, FileNotFoundError, NotADirectoryError,
-            IsADirectoryError, PermissionError)
+            TokenizerMismatch, GenerationRequestError, KVCacheOverflow, DeviceError, FileNotFoundError,
+            NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

@@ -46,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokenizer-model", default=None, help="SentencePiece .model file / hf tokenizer.json")
     parser.add_argument("--no-stop-at-eod", action="store_true", help="keep generating after end-of-document")
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="run under torchrun with this many ranks")
+    cli.add_device_flag(parser)
     parser.add_argument("--mode", choices=["fast", "slow"], default="fast",
                         help="fast: KV-cached (GPTHF: sentence caches); slow: rerun the whole sequence per token")
     parser.add_argument("--sentence-model", default=None,
@@ -57,13 +58,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    state.initialize(tensor_parallel_size=args.tensor_parallel_size)
+    device = cli.resolve_device(args.device)
+    state.initialize(tensor_parallel_size=args.tensor_parallel_size, backend="gloo" if device.type == "cpu" else None)
     if args.tokenizer:
         tokenizer = build_tokenizer(args.tokenizer, args.tokenizer_model)
         check_model_tokenizer(args.model, tokenizer)
     else:
         tokenizer = model_tokenizer(args.model)
-    model = load_pretrained(args.model).eval()
+    model = load_pretrained(args.model).eval().to(device)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise TokenizerMismatch(f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens but the model in "
                                 f"{args.model} only {model.config.vocab_size}")

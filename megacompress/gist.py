@@ -46,6 +46,7 @@ def _common(p: argparse.ArgumentParser, model_help: str = "gist model directory"
 def _parallel(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tensor-parallel-size", type=int, default=1,
                    help="run under torchrun --nproc-per-node N with N = this (every rank holds 1/N of the heads)")
+    cli.add_device_flag(p)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -90,6 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--text", required=True, help="UTF-8 text file")
     p.add_argument("--max-bytes", type=int, default=100_000, help="first N bytes (0 = all)")
     p.add_argument("--window", type=int, default=512)
+    cli.add_device_flag(p)
     args = parser.parse_args(argv)
     if args.command == "generate" and (args.cache is None) != args.no_cache:
         parser.error("generate needs --cache CACHE, or --no-cache (not both)")
@@ -102,7 +104,7 @@ def _load(args: argparse.Namespace):
     from megacompress.data.tokenizers import build_tokenizer
     from megacompress.models import load_pretrained
 
-    model = load_pretrained(args.model).eval()
+    model = load_pretrained(args.model).eval().to(cli.resolve_device(args.device))
     if model.config.architecture != "gist":
         raise ValueError(f"{args.model}: architecture {model.config.architecture!r}, not a gist model "
                          "(make one with `python -m megacompress.gist init`)")
@@ -138,7 +140,7 @@ def run(args: argparse.Namespace) -> str:
         return f"wrote {args.out}: {json.dumps(meta['instruction'])}"
     if args.command == "perplexity":
         return json.dumps(_perplexity(args))
-    _init_parallel(args.tensor_parallel_size)
+    _init_parallel(args.tensor_parallel_size, cli.resolve_device(args.device))
     model, fmt, tokenizer = _load(args)
     model_hash = gist_cache.model_identity(args.model)
     writer = state.get_rank() == 0
@@ -162,10 +164,10 @@ def run(args: argparse.Namespace) -> str:
     return _evaluate(args, model, fmt, tokenizer, writer)
 
 
-def _init_parallel(tensor_parallel_size: int) -> None:
+def _init_parallel(tensor_parallel_size: int, device: torch.device) -> None:
     """Tensor parallelism only: N ranks under torchrun form one TP group (data parallelism would
-    only repeat the same work)."""
-    state.initialize(tensor_parallel_size=tensor_parallel_size)
+    only repeat the same work); gloo for a CPU run, also on a GPU machine."""
+    state.initialize(tensor_parallel_size=tensor_parallel_size, backend="gloo" if device.type == "cpu" else None)
     if state.get_data_parallel_world_size() != 1:
         raise ValueError(f"{state.get_world_size()} processes for --tensor-parallel-size {tensor_parallel_size}: "
                          "run with as many processes as the tensor-parallel size")
@@ -178,7 +180,7 @@ def _perplexity(args) -> dict:
 
     raw = Path(args.text).read_bytes()[:args.max_bytes or None]
     text = raw.decode("utf-8", errors="ignore")  # a cut may split the last character
-    model = load_pretrained(args.model).eval()
+    model = load_pretrained(args.model).eval().to(cli.resolve_device(args.device))
     result = bits_per_byte(model, build_tokenizer("hf", args.tokenizer or args.model), text, args.window)
     return {"model": str(args.model), "text": str(args.text), **result}
 

@@ -58,6 +58,10 @@ def test_user_errors_are_one_line_with_exit_2(tmp_path):
         (["tools/preprocess_data.py", "--input", str(tmp_path), "--output-prefix", str(tmp_path / "o")],
          "is a directory"),
         (["-m", "megacompress.generate", "--model", str(tmp_path / "nope"), "--prompt", "x"], "not found"),
+        (["-m", "megacompress.generate", "--model", str(tmp_path), "--prompt", "x", "--device", "cuda"],
+         "no CUDA device"),
+        (["-m", "megacompress.gist", "compress", "--model", str(tmp_path), "--instructions", "x.jsonl",
+          "--out", str(tmp_path / "c"), "--device", "gpu"], "is not a device"),
     ]
     for argv, message in cases:
         proc = subprocess.run([sys.executable, *argv], cwd=REPO_ROOT, env=cpu_env(), capture_output=True, text=True,
@@ -65,3 +69,15 @@ def test_user_errors_are_one_line_with_exit_2(tmp_path):
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
         assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], (argv, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_device_flag():
+    import torch
+
+    from megacompress import cli
+
+    assert cli.resolve_device("cpu") == torch.device("cpu")
+    assert cli.resolve_device("auto") == torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    for bad, message in (("meta", "only cpu and cuda"), ("banana", "is not a device")):
+        with pytest.raises(cli.DeviceError, match=message):
+            cli.resolve_device(bad)

@@ -114,6 +114,7 @@ def bits_per_byte(model, tokenizer, text: str, window: int = 512) -> dict:
         chunk = torch.tensor([ids[start:start + window + 1]])
         if chunk.shape[1] < 2:
             break
+        chunk = chunk.to(model.output_weight.device)
         out = model(chunk[:, :-1], labels=chunk[:, 1:])
         total, count = total + float(out.loss_sum), count + int(out.num_labels)
     nbytes = len(text.encode("utf-8"))
