@@ -56,6 +56,8 @@ def parse_args() -> argparse.Namespace:
                    help="training processes (data parallel): default one per GPU when CUDA is available, else 2")
     p.add_argument("--seq-len", type=int, default=192, help="max_seq_len of training (longer records are cut)")
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (cosine to a tenth)")
+    p.add_argument("--pack-records", action="store_true",
+                   help="several whole records per training sequence (data.pack_records): more records per step")
     p.add_argument("--eval-records", type=int, default=None, help="first N valid records (default all 57; quick 16)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="greedy answer length (default 256; quick 64)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gist_quality.json")
@@ -116,7 +118,7 @@ def train(args, work: Path, gist: Path, variant: str) -> dict:
             f"schedule.warmup_steps={max(1, args.steps // 15)}", f"schedule.global_batch_size={args.global_batch}",
             f"schedule.micro_batch_size={args.global_batch // args.nproc}", f"optimizer.lr={args.lr}",
             f"optimizer.min_lr={args.lr / 10}", f"checkpoint.interval={max(1, args.steps // 6)}",
-            "logging.progress_bar=false"]
+            "logging.progress_bar=false", f"data.pack_records={str(args.pack_records).lower()}"]
     status = run_dir / "exit_status.json"
     if not (status.is_file() and json.loads(status.read_text())["reason"] == "finished"):
         run([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}",
@@ -193,7 +195,7 @@ def main() -> int:
     report = {
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to fp32) + 1 gist token", "quick": args.quick,
         "steps": args.steps, "global_batch": args.global_batch, "nproc": args.nproc, "seq_len": args.seq_len,
-        "lr": args.lr,
+        "lr": args.lr, "pack_records": args.pack_records,
         "train_data": str(args.data_dir / "train.jsonl"), "eval_data": str(args.data_dir / "valid.jsonl"),
         "eval_records": variants["gist"]["records"], "max_new_tokens": args.max_new_tokens,
         "variants": variants,

@@ -69,6 +69,48 @@ def test_instruction_shard_format_labels_truncation_and_counts(gist1, tmp_path):
         read_records(tmp_path / "bad.jsonl")
 
 
+def test_packed_records_compute_what_they_compute_alone(gist1, tmp_path):
+    """data.pack_records: rows hold whole records in the unpacked order; each record's slots are
+    its unpacked sample shifted, and under the gist mask (spans per slot) each record's loss and
+    logits equal the record run alone."""
+    from megacompress.models import load_pretrained
+
+    tok = build_tokenizer("hf", str(gist1))
+    prepare_instruction_shard(str(write_jsonl(tmp_path / "d.jsonl", RECORDS[:4] * 2)), tok, 1, str(tmp_path / "s"))
+    args = (str(tmp_path / "s"), 96)
+    with pytest.warns(UserWarning):  # the long input is cut
+        alone = InstructionDataset(*args, 40, (0, 8), tok.special_id("pad"), seed=3)
+        packed = InstructionDataset(*args, 5, (0, 8), tok.special_id("pad"), seed=3, pack=True)
+    assert len(packed) == 5 and max(map(len, packed.rows)) > 1
+    flat = [r for row in packed.rows for r in row]
+    assert flat == alone.order[:len(flat)].tolist()  # the same records in the same order
+    model = load_pretrained(gist1).eval()
+    model.embed.weight.data[-1].normal_(0, 0.5)  # a gist row unlike the others
+    batch = collate([packed[i] for i in range(len(packed))])
+    assert batch["gist_start"].shape == batch["input_ids"].shape
+    with torch.no_grad():
+        out = model(**{k: batch[k] for k in ("input_ids", "position_ids", "document_ids", "labels", "gist_start",
+                                             "gist_end")})
+        at = {}
+        for row, records in enumerate(packed.rows):
+            docs = batch["document_ids"][row]
+            for j, index in enumerate(records):
+                one = alone[alone.order.tolist().index(index)]
+                slots = (docs == j).nonzero().flatten()
+                n = len(slots)
+                assert (batch["input_ids"][row, slots] == torch.from_numpy(one["input_ids"][:n])).all()
+                assert (batch["labels"][row, slots] == torch.from_numpy(one["labels"][:n])).all()
+                assert int(batch["gist_start"][row, slots[0]]) == int(slots[0]) + int(one["gist_start"])
+                single = collate([one])
+                logits = model(**{k: single[k] for k in ("input_ids", "position_ids", "document_ids",
+                                                         "gist_start", "gist_end")}).logits[0, :n]
+                at[(row, j)] = (out.logits[row, slots] - logits).abs().max().item()
+    assert max(at.values()) < 1e-5, at
+    with pytest.raises(Exception, match="pack_records is for data.kind 'instruction'"):
+        from megacompress.data.builder import DataConfig, build_datasets
+        build_datasets(DataConfig(data_path=[str(tmp_path / "s")], kind="gpt", pack_records=True), tok, 96, [1, 0, 0])
+
+
 def test_gist_pipeline_end_to_end(gist1, tmp_path, repo_root, capsys):
     train = write_jsonl(tmp_path / "train.jsonl", RECORDS[:4] * 2)
     assert gist_cli.main(["prepare", "--model", str(gist1), "--data", str(train), "--out", str(tmp_path / "d")]) == 0

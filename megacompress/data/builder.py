@@ -45,7 +45,8 @@ class DataConfig:
     ``kind`` is a registered dataset kind (``registry.DATASET_KINDS``).
     ``cache_dir=None`` puts the index cache in ``index-cache/`` next to the first
     shard. ``use_sentences`` (document kind only): None = use the ``.eos``
-    sidecar when present, True = require it, False = ignore it.
+    sidecar when present, True = require it, False = ignore it. ``pack_records``
+    (instruction kind only): several records per sequence instead of one.
     """
 
     data_path: list = field(default_factory=list)
@@ -55,6 +56,7 @@ class DataConfig:
     cache_dir: str | None = None
     shuffle: bool = True
     use_sentences: bool | None = None
+    pack_records: bool = False
 
 
 def parse_data_path(data_path: Sequence) -> list[tuple[str, float]]:
@@ -179,6 +181,9 @@ def build_datasets(config: DataConfig, tokenizer: Tokenizer, seq_length: int,
     Collective under ``torch.distributed``: every rank must call it with the same arguments.
     """
     kind = dataset_kind(config.kind)
+    if config.pack_records and config.kind != "instruction":
+        raise DataConfigError(f"data.pack_records is for data.kind 'instruction', not {config.kind!r} "
+                              "(token kinds pack documents already)")
     if len(num_samples) != 3:
         raise DataConfigError(f"num_samples must give (train, valid, test) counts, got {list(num_samples)}")
     shards = parse_data_path(config.data_path)

@@ -27,6 +27,12 @@ of its output; never the instruction, the gists or the output's first token. A r
 that does not fit even so is left out; all three counts are reported once (a warning) when
 the dataset is built. Samples: ``input_ids``, ``labels``, ``position_ids``, ``document_ids``
 [S] and ``gist_start``, ``gist_end`` (scalars; ``collate`` makes them [B]).
+
+With ``data.pack_records: true`` a sample holds as many whole records as fit its S slots
+(next-fit in the shuffled order: a record of T tokens takes T - 1 slots, as alone): record j
+is document j, its positions restart at 0, and ``gist_start`` / ``gist_end`` are [S]: each
+slot's own record's span in slot coordinates (S, S on padding), which the gist masks read
+per slot. Each record then computes exactly what it would alone, with less padding.
 """
 
 from __future__ import annotations
@@ -188,7 +194,7 @@ class InstructionDataset:
     batch_keys = INSTRUCTION_BATCH_KEYS
 
     def __init__(self, prefix: str, seq_length: int, num_samples: int, document_range: tuple[int, int],
-                 pad_id: int, seed: int = 1234, shuffle: bool = True):
+                 pad_id: int, seed: int = 1234, shuffle: bool = True, pack: bool = False):
         self.shard = IndexedDataset(prefix)
         path = prefix + OFFSETS_SUFFIX
         try:
@@ -213,33 +219,68 @@ class InstructionDataset:
             raise InstructionDataError(f"{prefix}: no record of documents {document_range} fits seq_length "
                                        f"{seq_length} ({counts['too_long']} too long)")
         self.records = np.asarray(kept, dtype=np.int64)
-        epochs = math.ceil(num_samples / len(kept))
-        self.order = epoch_permutations(seed, _SHUFFLE_STREAM, [len(kept)] * epochs, shuffle)[:num_samples]
         self.counts = dict(counts)
         if counts["too_long"] or counts["input_truncated"] or counts["output_truncated"]:
             warnings.warn(f"{prefix}: at seq_length {seq_length}, of {len(range(*document_range))} records "
                           f"{counts['too_long']} are too long and left out, {counts['input_truncated']} lose the "
                           f"end of their input, {counts['output_truncated']} the end of their output", stacklevel=2)
+        self.rows = None  # packed: record indices per sample
+        if pack:
+            slots = np.minimum(self.shard.sequence_lengths[self.records].astype(np.int64), seq_length + 1) - 1
+            self.rows = _pack(slots, seq_length, num_samples, seed, shuffle)
+        else:
+            epochs = math.ceil(num_samples / len(kept))
+            self.order = epoch_permutations(seed, _SHUFFLE_STREAM, [len(kept)] * epochs, shuffle)[:num_samples]
 
     def __len__(self) -> int:
-        return len(self.order)
+        return len(self.rows) if self.rows is not None else len(self.order)
 
-    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        record = int(self.records[self.order[i]])
+    def _fitted(self, record: int) -> tuple[np.ndarray, int, int, int]:
+        """(tokens cut to fit S + 1, gist_start, gist_end, output_start) of a shard record."""
         tokens = np.asarray(self.shard[record], dtype=np.int64)
         gist_start, gist_end, _, input_end, output_start = (int(v) for v in self.offsets[record])
         drop_input, _ = fit_record(self.offsets[record], len(tokens), self.seq_length + 1)
         tokens = np.concatenate([tokens[:input_end - drop_input], tokens[input_end:]])[:self.seq_length + 1]
-        output_start -= drop_input
-        s, n = self.seq_length, len(tokens) - 1
+        return tokens, gist_start, gist_end, output_start - drop_input
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        s = self.seq_length
+        records = self.rows[i] if self.rows is not None else [self.order[i]]
         input_ids = np.full(s, self.pad_id, dtype=np.int64)
         labels = np.full(s, IGNORE_INDEX, dtype=np.int64)
         document_ids = np.full(s, -1, dtype=np.int64)
-        input_ids[:n], document_ids[:n] = tokens[:-1], 0
-        labels[output_start - 1:n] = tokens[output_start:]
-        position_ids = np.where(document_ids >= 0, np.arange(s), 0)
+        position_ids = np.zeros(s, dtype=np.int64)
+        gist_start, gist_end = np.full(s, s, dtype=np.int64), np.full(s, s, dtype=np.int64)
+        at = 0
+        for j, index in enumerate(records):
+            tokens, start, end, output_start = self._fitted(int(self.records[index]))
+            n = len(tokens) - 1
+            span = slice(at, at + n)
+            input_ids[span], document_ids[span], position_ids[span] = tokens[:-1], j, np.arange(n)
+            labels[at + output_start - 1:at + n] = tokens[output_start:]
+            gist_start[span], gist_end[span] = at + start, at + end
+            at += n
+        if self.rows is None:  # one record: its span as scalars
+            gist_start, gist_end = gist_start[0], gist_end[0]
         return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
-                "document_ids": document_ids, "gist_start": np.int64(gist_start), "gist_end": np.int64(gist_end)}
+                "document_ids": document_ids, "gist_start": gist_start, "gist_end": gist_end}
+
+
+def _pack(slots: np.ndarray, seq_length: int, num_samples: int, seed: int, shuffle: bool) -> list[list[int]]:
+    """``num_samples`` rows of record indices (into ``slots``, the slots each record takes): next-fit
+    in epoch order (the permutations of the unpacked order), at most ``seq_length`` slots a row."""
+    epochs = math.ceil((num_samples + 1) / len(slots))  # enough: every row takes at least one record
+    rows: list[list[int]] = []
+    fill = seq_length
+    for index in epoch_permutations(seed, _SHUFFLE_STREAM, [len(slots)] * epochs, shuffle):
+        if fill + slots[index] > seq_length:
+            if len(rows) == num_samples:
+                break
+            rows.append([])
+            fill = 0
+        rows[-1].append(int(index))
+        fill += int(slots[index])
+    return rows
 
 
 def build_instruction(prefix, meta, config, seq_length, num_samples, document_range, tokenizer, cache_dir):
@@ -252,4 +293,4 @@ def build_instruction(prefix, meta, config, seq_length, num_samples, document_ra
         warnings.warn(f"{prefix}: {sum(skipped.values())} of {meta['instruction']['records']} records were left "
                       f"out when the shard was prepared: {skipped}", stacklevel=2)
     return InstructionDataset(prefix, seq_length, num_samples, document_range, tokenizer.special_id("pad"),
-                              seed=config.seed, shuffle=config.shuffle)
+                              seed=config.seed, shuffle=config.shuffle, pack=config.pack_records)
