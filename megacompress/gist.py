@@ -98,13 +98,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _load(args: argparse.Namespace):
-    """(model, format, tokenizer) for the gist model of ``args``."""
+def _load(args: argparse.Namespace, device: torch.device):
+    """(model on ``device``, format, tokenizer) for the gist model of ``args``."""
     from megacompress.data.instruction_dataset import InstructionFormat
     from megacompress.data.tokenizers import build_tokenizer
     from megacompress.models import load_pretrained
 
-    model = load_pretrained(args.model).eval().to(cli.resolve_device(args.device))
+    model = load_pretrained(args.model).eval().to(device)
     if model.config.architecture != "gist":
         raise ValueError(f"{args.model}: architecture {model.config.architecture!r}, not a gist model "
                          "(make one with `python -m megacompress.gist init`)")
@@ -140,8 +140,9 @@ def run(args: argparse.Namespace) -> str:
         return f"wrote {args.out}: {json.dumps(meta['instruction'])}"
     if args.command == "perplexity":
         return json.dumps(_perplexity(args))
-    _init_parallel(args.tensor_parallel_size, cli.resolve_device(args.device))
-    model, fmt, tokenizer = _load(args)
+    device = cli.resolve_device(args.device)
+    _init_parallel(args.tensor_parallel_size, device)
+    model, fmt, tokenizer = _load(args, device)
     model_hash = gist_cache.model_identity(args.model)
     writer = state.get_rank() == 0
     if args.command == "compress":
