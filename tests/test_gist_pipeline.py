@@ -82,6 +82,9 @@ def test_packed_records_compute_what_they_compute_alone(gist1, tmp_path):
         alone = InstructionDataset(*args, 40, (0, 8), tok.special_id("pad"), seed=3)
         packed = InstructionDataset(*args, 5, (0, 8), tok.special_id("pad"), seed=3, pack=True)
     assert len(packed) == 5 and max(map(len, packed.rows)) > 1
+    with pytest.warns(UserWarning):  # more rows than one record each would fill: epochs are added
+        many = InstructionDataset(*args, 20, (0, 8), tok.special_id("pad"), seed=3, pack=True)
+    assert len(many) == 20 and many.rows[:5] == packed.rows
     flat = [r for row in packed.rows for r in row]
     assert flat == alone.order[:len(flat)].tolist()  # the same records in the same order
     model = load_pretrained(gist1).eval()

@@ -50,6 +50,7 @@ import numpy as np
 from megacompress.atomic import atomic_write, write_text_atomic
 from megacompress.data.collate import TOKEN_BATCH_KEYS
 from megacompress.data.indexed import IndexedDataset, IndexedDatasetWriter, best_dtype
+from megacompress.data.packing import next_fit
 from megacompress.data.shuffle import epoch_permutations
 from megacompress.data.tokenizers import Tokenizer
 
@@ -268,19 +269,15 @@ class InstructionDataset:
 
 def _pack(slots: np.ndarray, seq_length: int, num_samples: int, seed: int, shuffle: bool) -> list[list[int]]:
     """``num_samples`` rows of record indices (into ``slots``, the slots each record takes): next-fit
-    in epoch order (the permutations of the unpacked order), at most ``seq_length`` slots a row."""
-    epochs = math.ceil((num_samples + 1) / len(slots))  # enough: every row takes at least one record
-    rows: list[list[int]] = []
-    fill = seq_length
-    for index in epoch_permutations(seed, _SHUFFLE_STREAM, [len(slots)] * epochs, shuffle):
-        if fill + slots[index] > seq_length:
-            if len(rows) == num_samples:
-                break
-            rows.append([])
-            fill = 0
-        rows[-1].append(int(index))
-        fill += int(slots[index])
-    return rows
+    in epoch order (the permutations of the unpacked order), at most ``seq_length`` slots a row.
+    Epochs are added until the last row is complete (a row holds one record or many)."""
+    epochs = math.ceil((num_samples + 1) / len(slots))
+    while True:
+        order = epoch_permutations(seed, _SHUFFLE_STREAM, [len(slots)] * epochs, shuffle)
+        rows = next_fit(slots[order], seq_length)
+        if len(rows) > num_samples:  # row num_samples started, so every row before it is complete
+            return [order[row].tolist() for row in rows[:num_samples]]
+        epochs *= 2
 
 
 def build_instruction(prefix, meta, config, seq_length, num_samples, document_range, tokenizer, cache_dir):

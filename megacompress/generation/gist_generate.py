@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import torch
 
+from megacompress.data.packing import next_fit
 from megacompress.generation.gist_cache import GistEntry
 from megacompress.generation.generate import GenerationOutput, check_lengths, decode_loop, length_batches
 
@@ -38,19 +39,6 @@ from megacompress.generation.generate import GenerationOutput, check_lengths, de
 # Per-token matmul cost stops falling at a few hundred rows on CPU, while attention over the
 # packed row grows with it (SmolLM2-135M, 2 cores: 6.0 / 2.7 / 2.3 / 3.0 ms a token at 45 / 180 / 360 / 720).
 PREFILL_TOKENS = 384
-
-
-def _packs(lengths: list[int], budget: int) -> list[list[int]]:
-    """Consecutive row indices in groups of at most ``budget`` tokens (a longer row alone)."""
-    packs: list[list[int]] = []
-    total = budget
-    for row, n in enumerate(lengths):
-        if total + n > budget:
-            packs.append([])
-            total = 0
-        packs[-1].append(row)
-        total += n
-    return packs
 
 
 def _prefill_packed(model, cache, prompts: list[list[int]], *, entries: list[GistEntry] | None = None,
@@ -62,7 +50,7 @@ def _prefill_packed(model, cache, prompts: list[list[int]], *, entries: list[Gis
     k = model.config.gist_tokens
     loaded = 0 if entries is None else k  # cached gist slots before each prompt
     logits = []
-    for rows in _packs([loaded + len(p) for p in prompts], min(budget, model.config.max_seq_len)):
+    for rows in next_fit([loaded + len(p) for p in prompts], min(budget, model.config.max_seq_len)):
         n, lengths = len(rows), torch.tensor([len(prompts[r]) for r in rows])
         starts = lengths.cumsum(0) - lengths  # each prompt's first token in the packed row
         document = torch.arange(n).repeat_interleave(lengths)
