@@ -11,7 +11,7 @@ its last checkpoint):
 1. ``tools/convert_checkpoint.py import-gguf`` of the SmolLM2 GGUF -> WORK/smollm2 (fp32);
 2. ``python -m megacompress.gist init --k 1`` -> WORK/gist1, ``gist prepare`` -> WORK/data/{train,valid};
 3. per variant, ``python -m megacompress.train --config configs/gist-smollm2-k1.yaml`` on
-   ``--nproc`` data-parallel processes (torchrun, ZeRO-1; 2 on CPU, one per GPU, bf16 there)
+   ``--nproc`` data-parallel processes (torchrun, ZeRO-1, bf16 with fp32 master weights; 2 on CPU, one per GPU)
    -> WORK/train-VARIANT, exported to WORK/trained-VARIANT (its
    ``max_seq_len`` raised back to 2048 for answering: training cuts records at ``--seq-len``);
 4. per variant, ``python -m megacompress.gist evaluate`` on the first ``--eval-records`` of
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.gist import smollm_gguf  # noqa: E402
+from benchmarks.stages import run  # noqa: E402
 from megacompress.atomic import write_text_atomic  # noqa: E402
 
 VARIANTS = ("gist", "pos_control", "neg_control")
@@ -56,6 +56,9 @@ def parse_args() -> argparse.Namespace:
                    help="training processes (data parallel): default one per GPU when CUDA is available, else 2")
     p.add_argument("--seq-len", type=int, default=192, help="max_seq_len of training (longer records are cut)")
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (cosine to a tenth)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="bf16",
+                   help="parallel.precision of training (default bf16: fp32 master weights; on this machine's "
+                        "AVX512-BF16 cores a step takes ~0.65x the fp32 time; auto = bf16 on GPU, fp32 on CPU)")
     p.add_argument("--pack-records", action="store_true",
                    help="several whole records per training sequence (data.pack_records): more records per step")
     p.add_argument("--eval-records", type=int, default=None, help="first N valid records (default all 57; quick 16)")
@@ -77,20 +80,6 @@ def parse_args() -> argparse.Namespace:
     if args.nproc < 1 or args.global_batch % args.nproc:
         p.error(f"--global-batch {args.global_batch} must be a multiple of --nproc {args.nproc}")
     return args
-
-
-def run(cmd: list[str], log: Path | None = None) -> float:
-    """Run a command from the repository root (CPU processes share the cores: 1 thread each); seconds."""
-    print("$ " + " ".join(map(str, cmd)), flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    start = time.time()
-    with open(log, "a") if log else open(os.devnull, "w") as sink:
-        result = subprocess.run([str(c) for c in cmd], cwd=REPO, env=env, stdout=sink if log else None,
-                                stderr=subprocess.STDOUT if log else None)
-    if result.returncode:
-        sys.exit(f"error: command failed (exit {result.returncode}){f'; log: {log}' if log else ''}: "
-                 + " ".join(map(str, cmd)))
-    return time.time() - start
 
 
 def prepare(args, work: Path) -> Path:
@@ -118,7 +107,8 @@ def train(args, work: Path, gist: Path, variant: str) -> dict:
             f"schedule.warmup_steps={max(1, args.steps // 15)}", f"schedule.global_batch_size={args.global_batch}",
             f"schedule.micro_batch_size={args.global_batch // args.nproc}", f"optimizer.lr={args.lr}",
             f"optimizer.min_lr={args.lr / 10}", f"checkpoint.interval={max(1, args.steps // 6)}",
-            "logging.progress_bar=false", f"data.pack_records={str(args.pack_records).lower()}"]
+            "logging.progress_bar=false", f"data.pack_records={str(args.pack_records).lower()}",
+            f"parallel.precision={args.precision}"]
     status = run_dir / "exit_status.json"
     if not (status.is_file() and json.loads(status.read_text())["reason"] == "finished"):
         run([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}",
@@ -184,18 +174,22 @@ def main() -> int:
     started = time.time()
     work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
-    gist = prepare(args, work)
     variants = {}
-    for variant in VARIANTS:
-        variants[variant] = train(args, work, gist, variant)
-        variants[variant] |= evaluate(args, work, gist, variant)
-        print(f"{variant}: ROUGE-L {variants[variant]['rouge_l']:.1f} after {variants[variant]['steps']} steps",
-              flush=True)
+    try:
+        gist = prepare(args, work)
+        for variant in VARIANTS:
+            variants[variant] = train(args, work, gist, variant)
+            variants[variant] |= evaluate(args, work, gist, variant)
+            print(f"{variant}: ROUGE-L {variants[variant]['rouge_l']:.1f} after {variants[variant]['steps']} steps",
+                  flush=True)
+    except subprocess.CalledProcessError:
+        sys.exit("error: a stage failed (above); rerun the same command to continue "
+                 "(finished stages are skipped, training resumes from its checkpoint)")
     rouge = {v: variants[v]["rouge_l"] for v in VARIANTS}
     report = {
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to fp32) + 1 gist token", "quick": args.quick,
         "steps": args.steps, "global_batch": args.global_batch, "nproc": args.nproc, "seq_len": args.seq_len,
-        "lr": args.lr, "pack_records": args.pack_records,
+        "lr": args.lr, "pack_records": args.pack_records, "precision": args.precision,
         "train_data": str(args.data_dir / "train.jsonl"), "eval_data": str(args.data_dir / "valid.jsonl"),
         "eval_records": variants["gist"]["records"], "max_new_tokens": args.max_new_tokens,
         "variants": variants,

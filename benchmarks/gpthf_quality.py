@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import socket
 import subprocess
@@ -55,6 +54,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.stages import header, run  # noqa: E402
 from megacompress.atomic import write_text_atomic  # noqa: E402
 
 PAPER_GAP_NATS = 0.18
@@ -105,29 +105,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------- helpers
-def header(title: str) -> None:
-    print(f"\n{'=' * 78}\n== {title}\n{'=' * 78}", flush=True)
-
-
-def child_env() -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONWARNINGS": "ignore"}
-    import torch
-
-    if not torch.cuda.is_available():
-        env["DS_ACCELERATOR"] = "cpu"
-    return env
-
-
-def run(cmd: list[str]) -> float:
-    """Run ``cmd`` from the repository root (output streamed); its wall seconds."""
-    print("$ " + shlex.join(cmd), flush=True)
-    start = time.time()
-    subprocess.run(cmd, check=True, cwd=REPO, env=child_env())
-    seconds = time.time() - start
-    print(f"[{seconds:.0f} s]", flush=True)
-    return seconds
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

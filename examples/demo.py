@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.stages import header, run  # noqa: E402
+
 RUN = Path("runs/demo")
 DATA = RUN / "data"
 # Both models: hidden 64, 3 layers, sequence 128, one document chunk per sample.
@@ -28,18 +30,6 @@ MODELS = {"gpthf": ("configs/tiny_gpthf.yaml", []),
           "gpt": ("configs/tiny_gpt.yaml", ["model.num_layers=3", "data.kind=document", "data.use_sentences=false",
                                              "schedule.decay=linear"])}
 PROMPT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\nFirst Citizen:\n"
-
-
-def header(title: str) -> None:
-    print(f"\n{'=' * 78}\n== {title}\n{'=' * 78}", flush=True)
-
-
-def run(cmd: list[str]) -> None:
-    print("$ " + " ".join(cmd), flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore"}
-    start = time.time()
-    subprocess.run(cmd, check=True, cwd=REPO, env=env)
-    print(f"[{time.time() - start:.0f} s]", flush=True)
 
 
 def preprocess() -> None:

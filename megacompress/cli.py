@@ -65,17 +65,21 @@ class DeviceError(ValueError):
 
 def add_device_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
-                        help="cpu, cuda or cuda:N; auto = this rank's GPU (LOCAL_RANK) when CUDA is available, else cpu")
+                        help="cpu, cuda or cuda:N; cuda = this rank's GPU (LOCAL_RANK); "
+                             "auto (default) = cuda when CUDA is available, else cpu")
 
 
 def resolve_device(name: str):
     """``--device`` -> ``torch.device`` (see `add_device_flag`); `DeviceError` when unusable."""
     import torch
 
-    if name == "auto":
-        return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
+    given = name
+    if given == "auto":
+        given = "cuda" if torch.cuda.is_available() else "cpu"
+    if given == "cuda":  # one GPU per rank under torchrun, as every launcher places them
+        given = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     try:
-        device = torch.device(name)
+        device = torch.device(given)
     except RuntimeError:
         raise DeviceError(f"--device {name!r} is not a device (cpu, cuda, cuda:N or auto)") from None
     if device.type not in ("cpu", "cuda"):

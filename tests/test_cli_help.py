@@ -71,7 +71,7 @@ def test_user_errors_are_one_line_with_exit_2(tmp_path):
         assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
-def test_device_flag():
+def test_device_flag(monkeypatch):
     import torch
 
     from megacompress import cli
@@ -81,3 +81,8 @@ def test_device_flag():
     for bad, message in (("meta", "only cpu and cuda"), ("banana", "is not a device")):
         with pytest.raises(cli.DeviceError, match=message):
             cli.resolve_device(bad)
+    # With GPUs, a bare `cuda` (like `auto`) is this rank's own GPU, not every rank's GPU 0.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert cli.resolve_device("cuda") == cli.resolve_device("auto") == torch.device("cuda:1")
+    assert cli.resolve_device("cuda:0") == torch.device("cuda:0")

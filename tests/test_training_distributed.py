@@ -6,7 +6,8 @@ One flow, few launches (each costs ~10 s of start-up on 2 cores):
 2. 2 processes: ZeRO-1, ZeRO-2, ZeRO-3 (micro 2 x DP 2), then ZeRO-2 stopped at step 3;
 3. 2 processes, TP=2 (DP=1, 2 accumulation steps); its checkpoint exported with
    ``convert_checkpoint.py export`` loads at TP=1 with the TP=2 run's gathered weights
-   (bitwise) and logits;
+   (bitwise) and logits; the same in bf16 (ZeRO-1 keeps fp32 master weights): its losses
+   near the reference and its export the fp32 masters, not the bf16 module;
 4. a resume of the step-3 checkpoint is SIGKILLed while committing step 4: `latest` still
    names step 3 and the checkpoint verifies;
 5. the same directory resumed to step 5 gives bitwise the uninterrupted ZeRO-2 losses;
@@ -93,9 +94,12 @@ def test_zero_stages_match_single_process(flow):
 
 @pytest.fixture(scope="module")
 def tp2(flow, sample_shards):
-    """The TP=2 run (ZeRO-1): losses, gathered weights and probe logits in ``flow/tp2.rank*.pt``."""
-    spec = f"parallel.tensor_parallel_size=2;parallel.zero_stage=1;logging.run_dir={flow}/tp2"
-    run_torchrun(WORKER, 2, worker_args(flow, {"tp2": spec}, sample_shards) + ["--save-model"], timeout=240)
+    """The TP=2 runs (ZeRO-1, fp32 and bf16): losses, gathered weights and probe logits in
+    ``flow/tp2.rank*.pt`` and ``flow/tp2_bf16.rank*.pt``."""
+    spec = "parallel.tensor_parallel_size=2;parallel.zero_stage=1"
+    runs = {"tp2": f"{spec};logging.run_dir={flow}/tp2",
+            "tp2_bf16": f"{spec};parallel.precision=bf16;logging.run_dir={flow}/tp2_bf16"}
+    run_torchrun(WORKER, 2, worker_args(flow, runs, sample_shards) + ["--save-model"], timeout=240)
     return flow
 
 
@@ -120,6 +124,26 @@ def test_export_of_tensor_parallel_checkpoint(tp2):
     with torch.no_grad():
         logits = gather_logits(model(trained["probe_ids"]).logits, model.config.vocab_size)
     torch.testing.assert_close(logits, trained["logits"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.distributed
+def test_bf16_trains_near_fp32_and_exports_its_fp32_master_weights(flow, tp2):
+    reference, losses = load(flow, "ref")["losses"], load(tp2, "tp2_bf16")["losses"]
+    assert len(losses) == STEPS and all(abs(a - e) <= 2e-3 * e for a, e in zip(losses, reference)), \
+        (losses, reference)
+    export = tp2 / "tp2_bf16_export"
+    run_checked([sys.executable, str(CONVERT), "export", str(tp2 / "tp2_bf16" / "checkpoints"), str(export)],
+                env=cpu_env(), timeout=240)
+    module = load(tp2, "tp2_bf16")["weights"]  # the bf16 module the run computed with
+    exported = full_state_dict(GPT.from_pretrained(export))
+    assert exported.keys() == module.keys()
+    finer = 0
+    for name, weight in module.items():
+        assert weight.dtype == torch.bfloat16 and exported[name].dtype == torch.float32, name
+        # bf16 is the fp32 master rounded to 8 mantissa bits: within half a bf16 step of it
+        torch.testing.assert_close(exported[name], weight.float(), rtol=2.0 ** -8, atol=1e-30)
+        finer += not torch.equal(exported[name], exported[name].bfloat16().float())
+    assert finer, "the export holds bf16 values: the fp32 master weights were not read"
 
 
 @pytest.mark.distributed
