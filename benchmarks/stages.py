@@ -4,6 +4,7 @@ first and timed, and a failure names the command (and its log) before it raises.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
@@ -28,15 +29,16 @@ def child_env() -> dict:
     return env
 
 
-def run(cmd: list, log: Path | None = None) -> float:
-    """Run ``cmd`` (output streamed, or appended to ``log``); its wall seconds.
+def run(cmd: list, log: Path | None = None, env: dict | None = None) -> float:
+    """Run ``cmd`` (output streamed, or appended to ``log``) in `child_env` updated by ``env``;
+    its wall seconds.
 
     Raises ``subprocess.CalledProcessError`` on a non-zero exit, after printing the command."""
     cmd = [str(c) for c in cmd]
     print("$ " + shlex.join(cmd), flush=True)
     start = time.time()
-    with open(log, "a") if log else open(os.devnull, "w") as sink:
-        result = subprocess.run(cmd, cwd=REPO, env=child_env(), stdout=sink if log else None,
+    with open(log, "a") if log else contextlib.nullcontext() as sink:
+        result = subprocess.run(cmd, cwd=REPO, env=child_env() | (env or {}), stdout=sink,
                                 stderr=subprocess.STDOUT if log else None)
     if result.returncode:
         print(f"error: exit status {result.returncode}{f' (log: {log})' if log else ''}: {shlex.join(cmd)}",

@@ -92,6 +92,14 @@ def test_zero_stages_match_single_process(flow):
             assert_close(load(flow, f"zero{stage}", rank)["losses"], reference, f"ZeRO-{stage} rank {rank}")
 
 
+def export(flow: Path, name: str) -> GPT:
+    """``convert_checkpoint.py export`` of run ``name``'s checkpoints, loaded at TP=1 in this process."""
+    out = flow / f"{name}_export"
+    run_checked([sys.executable, str(CONVERT), "export", str(flow / name / "checkpoints"), str(out)],
+                env=cpu_env(), timeout=240)
+    return GPT.from_pretrained(out)
+
+
 @pytest.fixture(scope="module")
 def tp2(flow, sample_shards):
     """The TP=2 runs (ZeRO-1, fp32 and bf16): losses, gathered weights and probe logits in
@@ -112,11 +120,8 @@ def test_tensor_parallel_matches_single_process(flow, tp2):
 
 @pytest.mark.distributed
 def test_export_of_tensor_parallel_checkpoint(tp2):
-    export = tp2 / "tp2_export"
-    run_checked([sys.executable, str(CONVERT), "export", str(tp2 / "tp2" / "checkpoints"), str(export)],
-                env=cpu_env(), timeout=240)
     trained = load(tp2, "tp2")
-    model = GPT.from_pretrained(export)  # TP=1 in this process
+    model = export(tp2, "tp2")
     exported = full_state_dict(model)
     assert exported.keys() == trained["weights"].keys()
     for name, weight in trained["weights"].items():
@@ -131,11 +136,8 @@ def test_bf16_trains_near_fp32_and_exports_its_fp32_master_weights(flow, tp2):
     reference, losses = load(flow, "ref")["losses"], load(tp2, "tp2_bf16")["losses"]
     assert len(losses) == STEPS and all(abs(a - e) <= 2e-3 * e for a, e in zip(losses, reference)), \
         (losses, reference)
-    export = tp2 / "tp2_bf16_export"
-    run_checked([sys.executable, str(CONVERT), "export", str(tp2 / "tp2_bf16" / "checkpoints"), str(export)],
-                env=cpu_env(), timeout=240)
     module = load(tp2, "tp2_bf16")["weights"]  # the bf16 module the run computed with
-    exported = full_state_dict(GPT.from_pretrained(export))
+    exported = full_state_dict(export(tp2, "tp2_bf16"))
     assert exported.keys() == module.keys()
     finer = 0
     for name, weight in module.items():
