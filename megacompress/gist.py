@@ -80,7 +80,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     _common(p)
     _parallel(p)
     p.add_argument("--data", required=True, help="JSON list or JSONL of {instruction, input, output}")
-    p.add_argument("--out", type=Path, default=None, help="report JSON (default: print only)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="report JSON, with every record's output and ROUGE-L (default: print the summary only)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--limit", type=int, default=0, help="first N records only (0 = all)")
@@ -204,10 +205,9 @@ def _evaluate(args, model, fmt, tokenizer, writer: bool) -> str:
                                                 args.efficiency_tokens) if cached else None
     report.update(model=str(args.model), k=fmt.k, variant=model.config.gist_variant, data=str(args.data),
                   max_new_tokens=args.max_new_tokens)
-    text = json.dumps(report, indent=2)
     if args.out is not None and writer:
-        write_text_atomic(args.out, text + "\n")
-    return text
+        write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
+    return json.dumps({key: value for key, value in report.items() if key != "per_record"}, indent=2)
 
 
 def main(argv: list[str] | None = None) -> int:

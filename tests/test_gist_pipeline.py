@@ -147,8 +147,12 @@ def test_gist_pipeline_end_to_end(gist1, tmp_path, repo_root, capsys):
     assert [json.loads(line)["instruction"] for line in cached] == [r["instruction"] for r in RECORDS[:4]]
     assert gist_cli.main(["evaluate", *common, "--data", str(train), "--max-new-tokens", "4", "--batch-size", "4",
                           "--efficiency-tokens", "2", "--out", str(tmp_path / "report.json")]) == 0
+    assert "per_record" not in capsys.readouterr().out  # the summary is printed, the outputs go to --out
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["records"] == 8 and 0 <= report["rouge_l"] <= 100
+    scores = [r["rouge_l"] for r in report["per_record"]]
+    assert len(scores) == 8 and report["rouge_l"] == pytest.approx(sum(scores) / 8)
+    assert report["rouge_l_stderr"] == pytest.approx(np.std(scores, ddof=1) / 8 ** 0.5)
     eff = report["efficiency"]
     assert eff["prefill_flops_ratio"] < 1 and eff["kv_bytes_ratio"] == eff["compression_factor"] > 1
 
@@ -164,3 +168,18 @@ def _weights(*dirs):
     from safetensors.torch import load_file
 
     return [load_file(d / "model.safetensors")["stack.layers.0.attn.qkv.weight"] for d in dirs]
+
+
+def test_paired_intervals_of_per_record_scores():
+    from megacompress.generation.gist_eval import paired_interval, quality
+
+    report = quality(["the cat sat", "a dog ran"], ["the cat sat", "the bird flew"], [3, 3], [3, 3])
+    assert [r["rouge_l"] for r in report["per_record"]] == [100, 0] and report["rouge_l"] == 50
+    a = [30.0, 20.0, 10.0, 40.0, 0.0]
+    # every resample of the same records keeps an exact ratio / offset, and a spread one brackets its mean
+    assert paired_interval(a, [2 * x for x in a])["ratio"] == pytest.approx([0.5, 0.5])
+    assert paired_interval(a, [x + 5 for x in a])["difference"] == pytest.approx([-5, -5])
+    low, high = paired_interval(a, [20.0] * 5)["ratio"]
+    assert low < 1 < high
+    with pytest.raises(ValueError, match="same records"):
+        paired_interval(a, a[:4])

@@ -1,8 +1,10 @@
 """Evaluating gist models: output quality and the cost of gist caching vs the full prompt.
 
 Quality (`quality`): ROUGE-L F-measure with ``rouge_score`` (stemming on, as the paper),
-x100, averaged over records; exact match (%, after stripping whitespace); mean output and
-reference lengths in tokens.
+x100, averaged over records, with its standard error; exact match (%, after stripping
+whitespace); mean output and reference lengths in tokens; per record its output, ROUGE-L and
+length, so two models scored on the same records can be compared pairwise
+(`paired_interval`: a few dozen records leave ROUGE-L means uncertain by points).
 
 Efficiency (`efficiency`), on the same records and model, greedy, a fixed number of new
 tokens (no early stop, so both sides decode the same count):
@@ -36,10 +38,33 @@ def quality(predictions: list[str], references: list[str], prediction_tokens: li
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     n = max(1, len(predictions))
-    rouge = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
-    return {"records": len(predictions), "rouge_l": 100 * sum(rouge) / n,
+    rouge = [100 * scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
+    mean = sum(rouge) / n
+    stderr = (sum((r - mean) ** 2 for r in rouge) / (n - 1) / n) ** 0.5 if n > 1 else None
+    return {"records": len(predictions), "rouge_l": mean, "rouge_l_stderr": stderr,
             "exact_match": 100 * sum(p.strip() == r.strip() for p, r in zip(predictions, references)) / n,
-            "mean_output_tokens": sum(prediction_tokens) / n, "mean_reference_tokens": sum(reference_tokens) / n}
+            "mean_output_tokens": sum(prediction_tokens) / n, "mean_reference_tokens": sum(reference_tokens) / n,
+            "per_record": [{"rouge_l": r, "output_tokens": t, "output": p}
+                           for r, t, p in zip(rouge, prediction_tokens, predictions)]}
+
+
+def paired_interval(a: list[float], b: list[float], *, samples: int = 10_000, level: float = 0.95,
+                    seed: int = 0) -> dict:
+    """Percentile bootstrap intervals of mean(a) / mean(b) and mean(a) - mean(b) over the same records.
+
+    Records are resampled together (paired), so what both models find hard does not widen them.
+    """
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.size < 2:
+        raise ValueError(f"paired scores need the same records (>= 2): got {a.size} and {b.size}")
+    rows = np.random.default_rng(seed).integers(0, a.size, size=(samples, a.size))
+    mean_a, mean_b = a[rows].mean(axis=1), b[rows].mean(axis=1)
+    q = [(1 - level) / 2, (1 + level) / 2]
+    ratio = np.quantile(mean_a / np.maximum(mean_b, np.finfo(np.float64).tiny), q)
+    return {"level": level, "ratio": [float(x) for x in ratio],
+            "difference": [float(x) for x in np.quantile(mean_a - mean_b, q)]}
 
 
 def measure(fn: Callable[[], object], repeats: int = 1, count: bool = True) -> tuple[int | None, float]:
