@@ -23,6 +23,7 @@ tokens (no early stop, so both sides decode the same count):
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
@@ -39,9 +40,8 @@ def quality(predictions: list[str], references: list[str], prediction_tokens: li
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     n = max(1, len(predictions))
     rouge = [100 * scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
-    mean = sum(rouge) / n
-    stderr = (sum((r - mean) ** 2 for r in rouge) / (n - 1) / n) ** 0.5 if n > 1 else None
-    return {"records": len(predictions), "rouge_l": mean, "rouge_l_stderr": stderr,
+    stderr = statistics.stdev(rouge) / n ** 0.5 if n > 1 else None
+    return {"records": len(predictions), "rouge_l": sum(rouge) / n, "rouge_l_stderr": stderr,
             "exact_match": 100 * sum(p.strip() == r.strip() for p, r in zip(predictions, references)) / n,
             "mean_output_tokens": sum(prediction_tokens) / n, "mean_reference_tokens": sum(reference_tokens) / n,
             "per_record": [{"rouge_l": r, "output_tokens": t, "output": p}
