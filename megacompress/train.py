@@ -45,9 +45,14 @@ def main(argv: list[str] | None = None) -> int:
 
         print(yaml.safe_dump(config.to_dict(), sort_keys=False))
         return 0
+    from megacompress.parallel import state
     from megacompress.training.trainer import Trainer  # heavy imports (DeepSpeed) only when training
 
     result = Trainer(config, stop_at_step=args.stop_at_step).train()
+    # Left to interpreter exit, gloo's worker threads can abort the process (SIGABRT, "terminate
+    # called without an active exception") after a successful run. Only after a clean finish: tearing
+    # down while another rank is still inside a collective can hang it.
+    state.destroy()
     return EXIT_REQUEUE if result.reason == "signal" else 0
 
 
