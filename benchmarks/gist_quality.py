@@ -11,8 +11,8 @@ its last checkpoint):
 1. ``tools/convert_checkpoint.py import-gguf`` of the SmolLM2 GGUF -> WORK/smollm2 (fp32);
 2. ``python -m megacompress.gist init --k 1`` -> WORK/gist1, ``gist prepare`` -> WORK/data/{train,valid};
 3. per variant, ``python -m megacompress.train --config configs/gist-smollm2-k1.yaml`` on
-   ``--nproc`` data-parallel processes (torchrun, ZeRO-1, bf16 with fp32 master weights; 2 on CPU, one per GPU)
-   -> WORK/train-VARIANT, exported to WORK/trained-VARIANT (its
+   ``--nproc`` data-parallel processes (torchrun, ZeRO-1; 2 on CPU, one per GPU; bf16 with fp32 master
+   weights where the hardware computes bf16, else fp32) -> WORK/train-VARIANT, exported to WORK/trained-VARIANT (its
    ``max_seq_len`` raised back to 2048 for answering: training cuts records at ``--seq-len``);
 4. per variant, ``python -m megacompress.gist evaluate`` on the first ``--eval-records`` of
    ``instructions/valid.jsonl`` (greedy, ``--max-new-tokens``; the gist model from its gist
