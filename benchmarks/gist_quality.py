@@ -12,7 +12,8 @@ its last checkpoint):
 2. ``python -m megacompress.gist init --k 1`` -> WORK/gist1, ``gist prepare`` -> WORK/data/{train,valid};
 3. per variant, ``python -m megacompress.train --config configs/gist-smollm2-k1.yaml`` on
    ``--nproc`` data-parallel processes (torchrun, ZeRO-1; 2 on CPU, one per GPU; bf16 with fp32 master
-   weights where the hardware computes bf16, else fp32) -> WORK/train-VARIANT, exported to WORK/trained-VARIANT (its
+   weights where the hardware computes bf16, else fp32) -> WORK/train-VARIANT, exported to
+   WORK/trained-VARIANT (its
    ``max_seq_len`` raised back to 2048 for answering: training cuts records at ``--seq-len``);
 4. per variant, ``python -m megacompress.gist evaluate`` on the first ``--eval-records`` of
    ``instructions/valid.jsonl`` (greedy, ``--max-new-tokens``; the gist model from its gist
@@ -62,8 +63,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--precision", choices=("native", "auto", "fp32", "bf16"), default="native",
                    help="parallel.precision of training. Default native: bf16 (fp32 master weights) where the "
                         "hardware computes it, a GPU or a CPU with AVX512-BF16 / AMX (there a SmolLM2 step takes "
-                        "~0.65x the fp32 time), else fp32 (an AVX2-only CPU emulates bf16: a SmolLM2 MLP matmul 3.6x slower); "
-                        "auto = bf16 on GPU, fp32 on CPU")
+                        "~0.65x the fp32 time), else fp32 (an AVX2-only CPU emulates bf16: a SmolLM2 MLP "
+                        "matmul 3.6x slower); auto = bf16 on GPU, fp32 on CPU")
     p.add_argument("--pack-records", action=argparse.BooleanOptionalAction, default=True,
                    help="several whole records per training sequence (data.pack_records, default on): "
                         "~1.27 records per 192-token sequence instead of 1")
