@@ -189,6 +189,9 @@ def preempt_and_resume(env: dict[str, str], run_dir: Path, *launch_args: str) ->
     while "comp" in subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=env, capture_output=True, text=True).stdout:
         assert time.monotonic() < deadline, f"nodes still completing job {job_id}\n{job_record(env, job_id, run_dir)}"
         time.sleep(0.2)
+    # slurmd refuses a launch credential made in the same second as the requeue revoked the job's
+    # old one (it compares whole seconds: "Job credential revoked"), which SLURM's own hold avoids.
+    time.sleep(2)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, check=True)
     assert wait_for_state(env, job_id, run_dir, deadline) == "COMPLETED", job_record(env, job_id, run_dir)
     return job_id
