@@ -110,9 +110,10 @@ def cpu_has_native_bf16() -> bool:
 def prepare(args, work: Path) -> Path:
     """WORK/gistK and its train/valid shards (stages 1-2)."""
     base, gist = work / "smollm2", work / f"gist{args.k}"
-    other = [d.name for d in work.glob("gist*") if d.name[4:].isdigit() and d.name != gist.name]
-    if other:  # its shards, runs and reports hold another k's format
-        sys.exit(f"error: {work} was made for {other[0]} (--k {other[0][4:]}); use another --work-dir for --k {args.k}")
+    shards = work / "data" / "train.meta.json"
+    if shards.is_file() and (made := json.loads(shards.read_text())["instruction"]["k"]) != args.k:
+        # the shards, and the runs and reports after them, hold another k's format
+        sys.exit(f"error: {shards}: prepared for --k {made}; use another --work-dir for --k {args.k}")
     if not (base / "config.json").is_file():
         run([sys.executable, "tools/convert_checkpoint.py", "import-gguf", args.gguf or smollm_gguf(), base,
              "--max-seq-len", args.seq_len])
