@@ -114,19 +114,24 @@ def test_packed_records_compute_what_they_compute_alone(gist1, tmp_path):
         build_datasets(DataConfig(data_path=[str(tmp_path / "s")], kind="gpt", pack_records=True), tok, 96, [1, 0, 0])
 
 
-def test_gist_pipeline_end_to_end(gist1, tmp_path, repo_root, capsys):
-    train = write_jsonl(tmp_path / "train.jsonl", RECORDS[:4] * 2)
-    assert gist_cli.main(["prepare", "--model", str(gist1), "--data", str(train), "--out", str(tmp_path / "d")]) == 0
-    model_config = json.loads((gist1 / "config.json").read_text())
-    config = {"model": {"preset": "tiny", "init_from": str(gist1), **model_config},
-              "data": {"data_path": [str(tmp_path / "d")], "kind": "instruction", "split": "1,0,0"},
-              "tokenizer": {"kind": "hf", "model_path": str(gist1)}, "eval": {"iters": 1, "data_path": [str(tmp_path / "d")]},
+def train_gist(model, tokenizer, data, tmp_path, repo_root) -> subprocess.CompletedProcess:
+    """3 steps of ``python -m megacompress.train`` from ``model`` on the shard ``data`` (run dir tmp_path/run)."""
+    model_config = json.loads((model / "config.json").read_text())
+    config = {"model": {"preset": "tiny", "init_from": str(model), **model_config},
+              "data": {"data_path": [str(data)], "kind": "instruction", "split": "1,0,0"},
+              "tokenizer": {"kind": "hf", "model_path": str(tokenizer)}, "eval": {"iters": 1, "data_path": [str(data)]},
               "optimizer": {"lr": 1e-3}, "schedule": {"train_steps": 3, "warmup_steps": 1, "global_batch_size": 4,
                                                       "micro_batch_size": 2},
               "parallel": {"zero_stage": 1}, "logging": {"run_dir": str(tmp_path / "run"), "progress_bar": False}}
     (tmp_path / "gist.yaml").write_text(yaml.safe_dump(config))
-    done = subprocess.run([sys.executable, "-m", "megacompress.train", "--config", str(tmp_path / "gist.yaml")],
+    return subprocess.run([sys.executable, "-m", "megacompress.train", "--config", str(tmp_path / "gist.yaml")],
                           env=cpu_env(), capture_output=True, text=True, timeout=300, cwd=repo_root)
+
+
+def test_gist_pipeline_end_to_end(gist1, tmp_path, repo_root, capsys):
+    train = write_jsonl(tmp_path / "train.jsonl", RECORDS[:4] * 2)
+    assert gist_cli.main(["prepare", "--model", str(gist1), "--data", str(train), "--out", str(tmp_path / "d")]) == 0
+    done = train_gist(gist1, gist1, tmp_path / "d", tmp_path, repo_root)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert metrics and all(np.isfinite(m["loss"]) for m in metrics if "loss" in m)
@@ -168,6 +173,18 @@ def _weights(*dirs):
     from safetensors.torch import load_file
 
     return [load_file(d / "model.safetensors")["stack.layers.0.attn.qkv.weight"] for d in dirs]
+
+
+def test_training_refuses_shards_of_another_k(gist1, tmp_path, repo_root):
+    # Shards formatted with 2 gists, a model made with 1: its mask would follow the shard's spans.
+    gist2 = tiny_gist_model(tmp_path / "k2", k=2)
+    train = write_jsonl(tmp_path / "train.jsonl", RECORDS[:4] * 2)
+    assert gist_cli.main(["prepare", "--model", str(gist2), "--data", str(train), "--out", str(tmp_path / "d2")]) == 0
+    done = train_gist(gist1, gist2, tmp_path / "d2", tmp_path, repo_root)
+    assert done.returncode != 0
+    assert (f"{tmp_path / 'd2'}: the train data was prepared for model.gist_tokens=2 but the model has "
+            "gist_tokens=1") in done.stderr, done.stderr[-3000:]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_paired_intervals_of_per_record_scores():

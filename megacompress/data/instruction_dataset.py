@@ -195,8 +195,10 @@ class InstructionDataset:
     batch_keys = INSTRUCTION_BATCH_KEYS
 
     def __init__(self, prefix: str, seq_length: int, num_samples: int, document_range: tuple[int, int],
-                 pad_id: int, seed: int = 1234, shuffle: bool = True, pack: bool = False):
-        self.shard = IndexedDataset(prefix)
+                 pad_id: int, seed: int = 1234, shuffle: bool = True, pack: bool = False, k: int | None = None):
+        self.prefix, self.shard = prefix, IndexedDataset(prefix)
+        # Model config fields the records were formatted for (the trainer refuses a model that differs).
+        self.made_for_model = {} if k is None else {"gist_tokens": k}
         path = prefix + OFFSETS_SUFFIX
         try:
             self.offsets = np.load(path, allow_pickle=False)
@@ -290,4 +292,5 @@ def build_instruction(prefix, meta, config, seq_length, num_samples, document_ra
         warnings.warn(f"{prefix}: {sum(skipped.values())} of {meta['instruction']['records']} records were left "
                       f"out when the shard was prepared: {skipped}", stacklevel=2)
     return InstructionDataset(prefix, seq_length, num_samples, document_range, tokenizer.special_id("pad"),
-                              seed=config.seed, shuffle=config.shuffle, pack=config.pack_records)
+                              seed=config.seed, shuffle=config.shuffle, pack=config.pack_records,
+                              k=meta["instruction"]["k"])

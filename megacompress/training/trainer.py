@@ -134,6 +134,7 @@ class Trainer:
         self.eval_samples = config.eval.iters * s.micro_batch_size * self.dp_size
         self.train_data, self.valid_data = self._build_datasets(tokenizer)
         self._check_batch_keys()
+        self._check_data_made_for_model()
         self.metrics = MetricsLogger(config.run_dir, enabled=self.is_main, tensorboard=config.logging.tensorboard)
         self.metrics.write_config(config.to_dict())
         self.flops_per_token = flops_per_token(self.model_config, self.seq_length)
@@ -166,6 +167,17 @@ class Trainer:
                                   source=f"the {split} data (data.kind={self.config.data.kind!r})")
                 except ConfigError as exc:
                     raise TrainConfigError(str(exc)) from None
+
+    def _check_data_made_for_model(self) -> None:
+        """Refuse data formatted for another model (a dataset's ``made_for_model``, e.g. instruction shards
+        of another gist k: the mask would silently follow the shard's k); names the shard."""
+        for split, dataset in (("train", self.train_data), ("valid", self.valid_data)):
+            for part in getattr(dataset, "datasets", [dataset]):  # the shards of a blend, or the one
+                for field, value in getattr(part, "made_for_model", {}).items():
+                    if getattr(self.model_config, field) != value:
+                        raise TrainConfigError(
+                            f"{getattr(part, 'prefix', split)}: the {split} data was prepared for model.{field}={value} "
+                            f"but the model has {field}={getattr(self.model_config, field)}")
 
     def _resume_source(self) -> tuple[Path, str, bool] | None:
         """(dir, tag, universal) to load: own ``latest`` first (a requeued run continues its own
