@@ -68,6 +68,8 @@ def parse_args() -> argparse.Namespace:
                         "hardware computes it, a GPU or a CPU with AVX512-BF16 / AMX (there a SmolLM2 step takes "
                         "~0.65x the fp32 time), else fp32 (an AVX2-only CPU emulates bf16: a SmolLM2 MLP "
                         "matmul 3.6x slower); auto = bf16 on GPU, fp32 on CPU")
+    p.add_argument("--seed", type=int, default=1234, help="training seed (data order): rerun with others for "
+                   "the spread of training itself, which the intervals over the records leave out")
     p.add_argument("--pack-records", action=argparse.BooleanOptionalAction, default=True,
                    help="several whole records per training sequence (data.pack_records, default on): "
                         "~1.27 records per 192-token sequence instead of 1")
@@ -107,6 +109,30 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+TRAINING_SETTINGS = ("k", "steps", "global_batch", "seq_len", "lr", "precision", "pack_records", "seed")
+
+
+def check_settings(args, work: Path) -> None:
+    """Refuse a work dir trained with other settings: its finished runs would be reused (or a
+    stopped one resumed) under this command's settings, a silently wrong report."""
+    path = work / "settings.json"
+    if not path.is_file():
+        return
+    made = json.loads(path.read_text())
+    differ = [key for key in TRAINING_SETTINGS if made.get(key) != getattr(args, key)]
+    if differ:
+        sys.exit(f"error: {path}: this work dir was trained with "
+                 + ", ".join(f"{key}={made.get(key)}" for key in differ) + "; this command asks for "
+                 + ", ".join(f"{key}={getattr(args, key)}" for key in differ) + "; use another --work-dir")
+
+
+def record_settings(args, work: Path) -> None:
+    """WORK/settings.json, once the work dir's shards are known to match (`prepare`)."""
+    path = work / "settings.json"
+    if not path.is_file():
+        write_text_atomic(path, json.dumps({key: getattr(args, key) for key in TRAINING_SETTINGS}, indent=2) + "\n")
+
+
 def prepare(args, work: Path) -> Path:
     """WORK/gistK and its train/valid shards (stages 1-2)."""
     base, gist = work / "smollm2", work / f"gist{args.k}"
@@ -137,7 +163,7 @@ def train(args, work: Path, gist: Path, variant: str) -> dict:
             f"schedule.micro_batch_size={args.global_batch // args.nproc}", f"optimizer.lr={args.lr}",
             f"optimizer.min_lr={args.lr / 10}", f"checkpoint.interval={max(1, args.steps // 6)}",
             "logging.progress_bar=false", f"data.pack_records={str(args.pack_records).lower()}",
-            f"parallel.precision={args.precision}"]
+            f"parallel.precision={args.precision}", f"seed={args.seed}", f"data.seed={args.seed}"]
     status = run_dir / "exit_status.json"
     if not (status.is_file() and json.loads(status.read_text())["reason"] == "finished"):
         run([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}",
@@ -216,7 +242,9 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     variants = {}
     try:
+        check_settings(args, work)
         gist = prepare(args, work)
+        record_settings(args, work)
         for variant in VARIANTS:
             variants[variant] = train(args, work, gist, variant)
             variants[variant] |= evaluate(args, work, gist, variant)
@@ -230,7 +258,7 @@ def main() -> int:
         "model": f"SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to fp32) + {args.k} gist token(s)", "k": args.k,
         "quick": args.quick,
         "steps": args.steps, "global_batch": args.global_batch, "nproc": args.nproc, "seq_len": args.seq_len,
-        "lr": args.lr, "pack_records": args.pack_records, "precision": args.precision,
+        "lr": args.lr, "pack_records": args.pack_records, "precision": args.precision, "seed": args.seed,
         "train_data": str(args.data_dir / "train.jsonl"), "eval_data": str(args.data_dir / "valid.jsonl"),
         "eval_records": variants["gist"]["records"], "max_new_tokens": args.max_new_tokens,
         "variants": variants,
