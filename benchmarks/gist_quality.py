@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -43,6 +45,8 @@ from benchmarks.gist import smollm_gguf  # noqa: E402
 from benchmarks.stages import run  # noqa: E402
 from megacompress.atomic import write_text_atomic  # noqa: E402
 from megacompress.generation.gist_eval import paired_interval  # noqa: E402
+from megacompress.training.checkpoint import config_differences, covered, flatten_config  # noqa: E402
+from megacompress.training.config import load_config  # noqa: E402
 
 VARIANTS = ("gist", "pos_control", "neg_control")
 GIST_KS = (1, 2, 5, 10)  # one config each: configs/gist-smollm2-kK.yaml
@@ -109,28 +113,25 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-TRAINING_SETTINGS = ("k", "steps", "global_batch", "seq_len", "lr", "precision", "pack_records", "seed")
+REPORTING = ("logging", "checkpoint", "eval")  # config sections that say where and how a run reports
 
 
-def check_settings(args, work: Path) -> None:
-    """Refuse a work dir trained with other settings: its finished runs would be reused (or a
-    stopped one resumed) under this command's settings, a silently wrong report."""
-    path = work / "settings.json"
-    if not path.is_file():
+def check_run_config(run_dir: Path, config_file: Path, sets: list[str]) -> None:
+    """Refuse a run dir trained otherwise than this command asks (its ``config.yaml``, the
+    trainer's record): a finished run would be reused as this command's result. The same rule as
+    the trainer's refusal to resume a changed run, also where this script skips the trainer."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
         return
-    made = json.loads(path.read_text())
-    differ = [key for key in TRAINING_SETTINGS if made.get(key) != getattr(args, key)]
-    if differ:
-        sys.exit(f"error: {path}: this work dir was trained with "
-                 + ", ".join(f"{key}={made.get(key)}" for key in differ) + "; this command asks for "
-                 + ", ".join(f"{key}={getattr(args, key)}" for key in differ) + "; use another --work-dir")
 
+    def trained(config: dict) -> dict:
+        return {k: v for k, v in flatten_config(config).items() if not covered(k, REPORTING)}
 
-def record_settings(args, work: Path) -> None:
-    """WORK/settings.json, once the work dir's shards are known to match (`prepare`)."""
-    path = work / "settings.json"
-    if not path.is_file():
-        write_text_atomic(path, json.dumps({key: getattr(args, key) for key in TRAINING_SETTINGS}, indent=2) + "\n")
+    diffs = config_differences(trained(yaml.safe_load(saved_path.read_text())),
+                               trained(load_config(config_file, sets).to_dict()))
+    if diffs:
+        sys.exit(f"error: {saved_path}: this run was trained with other settings ({'; '.join(diffs)}); "
+                 "use another --work-dir")
 
 
 def prepare(args, work: Path) -> Path:
@@ -164,11 +165,13 @@ def train(args, work: Path, gist: Path, variant: str) -> dict:
             f"optimizer.min_lr={args.lr / 10}", f"checkpoint.interval={max(1, args.steps // 6)}",
             "logging.progress_bar=false", f"data.pack_records={str(args.pack_records).lower()}",
             f"parallel.precision={args.precision}", f"seed={args.seed}", f"data.seed={args.seed}"]
+    config_file = REPO / "configs" / f"gist-smollm2-k{args.k}.yaml"
+    check_run_config(run_dir, config_file, sets)
     status = run_dir / "exit_status.json"
     if not (status.is_file() and json.loads(status.read_text())["reason"] == "finished"):
         run([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}",
              "--master-addr=127.0.0.1", "--master-port=29541", "-m", "megacompress.train",
-             "--config", f"configs/gist-smollm2-k{args.k}.yaml",
+             "--config", config_file,
              *[arg for s in sets for arg in ("--set", s)]], log=work / f"train-{variant}.log")
     if not (model_dir / "config.json").is_file():
         run([sys.executable, "tools/convert_checkpoint.py", "export", run_dir / "checkpoints", model_dir])
@@ -242,9 +245,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     variants = {}
     try:
-        check_settings(args, work)
         gist = prepare(args, work)
-        record_settings(args, work)
         for variant in VARIANTS:
             variants[variant] = train(args, work, gist, variant)
             variants[variant] |= evaluate(args, work, gist, variant)
