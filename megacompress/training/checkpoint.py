@@ -20,7 +20,9 @@ then deletes checkpoints beyond the newest ``keep_last``; barrier.
 Loading verifies the manifest first: a missing or truncated file is an error naming it,
 a model config that differs from the running one is refused with the differing keys, and so
 is a change of a run-defining training key (`RUN_KEYS`) unless ``checkpoint.allow_changes``
-names it. A change of the parallel layout must go through a universal checkpoint.
+names it. A change of the parallel layout must go through a universal checkpoint, and so
+must a change of the precision the engine computes in (the manifest's ``precision``): DeepSpeed
+keeps a bf16 run's optimizer state in other files than an fp32 run's.
 
 Universal checkpoints across a TP change: every save records DeepSpeed's
 ``universal_checkpoint_info`` (`universal_checkpoint_info`: which parameters are row-parallel,
@@ -283,7 +285,8 @@ class CheckpointManager:
         atomic_write(rng_path, lambda part: torch.save(rng_state, part))
         _barrier()
         if rank == 0:
-            write_manifest(tmp, state=state, model_config=model_config, train_config=train_config)
+            write_manifest(tmp, state=state, model_config=model_config, train_config=train_config,
+                           extra={"precision": engine_precision(engine)})
             delay = float(os.environ.get(SLEEP_BEFORE_COMMIT_ENV, "0") or 0)
             if delay:
                 time.sleep(delay)
@@ -328,6 +331,8 @@ class CheckpointManager:
         if train_config is not None:
             check_run_unchanged(ckpt_dir, manifest["train_config"], train_config)
             check_tensor_parallel_change(ckpt_dir, manifest, train_config, universal)
+        check_precision(ckpt_dir, manifest, engine_precision(engine), universal,
+                        allowed=train_config["checkpoint"]["allow_changes"] if train_config else ())
         if not universal and manifest["world_size"] != _world():
             raise CheckpointError(
                 f"checkpoint {ckpt_dir} was written by {manifest['world_size']} processes, this run has "
@@ -354,6 +359,32 @@ def check_run_unchanged(ckpt_dir: Path, saved: dict[str, Any], current: dict[str
             f"checkpoint {ckpt_dir} was saved by a run with a different training config: {'; '.join(diffs)}. "
             f"Resume with the saved values, or accept the change with "
             f"--set checkpoint.allow_changes=[{','.join(changed_keys(old, new))}]")
+
+
+def engine_precision(engine) -> str:
+    """The precision ``engine`` computes in: ``bf16``, ``fp16`` or ``fp32``."""
+    return "bf16" if engine.bfloat16_enabled() else "fp16" if engine.fp16_enabled() else "fp32"
+
+
+def check_precision(ckpt_dir: Path, manifest: dict[str, Any], precision: str, universal: bool, allowed) -> None:
+    """A checkpoint saved in another precision loads only as a universal checkpoint (fp32
+    weights and optimizer state per parameter), and then only if ``allowed`` names
+    ``parallel.precision``: DeepSpeed fails on any other such load with a missing file or key.
+    Manifests written before the key existed are not checked."""
+    saved = manifest.get("precision")
+    if saved is None or saved == precision:
+        return
+    change = f"was saved by a {saved} run and this run computes in {precision}"
+    if not universal:
+        raise CheckpointError(
+            f"checkpoint {ckpt_dir} {change}: DeepSpeed stores the optimizer state of the two differently. "
+            f"Resume with --set parallel.precision={saved}, or convert it with "
+            "`python tools/convert_checkpoint.py to-universal` and load it with checkpoint.load_universal=true "
+            "and checkpoint.allow_changes=[parallel.precision]")
+    if not covered("parallel.precision", allowed):
+        raise CheckpointError(f"universal checkpoint {ckpt_dir} {change}; resume with --set "
+                              f"parallel.precision={saved}, or accept the change with "
+                              "--set checkpoint.allow_changes=[parallel.precision]")
 
 
 def check_tensor_parallel_change(ckpt_dir: Path, manifest: dict[str, Any], current: dict[str, Any],
