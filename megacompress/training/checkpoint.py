@@ -369,7 +369,7 @@ def engine_precision(engine) -> str:
 def check_precision(ckpt_dir: Path, manifest: dict[str, Any], precision: str, universal: bool, allowed) -> None:
     """A checkpoint saved in another precision loads only as a universal checkpoint (fp32
     weights and optimizer state per parameter), and then only if ``allowed`` names
-    ``parallel.precision``: DeepSpeed fails on any other such load with a missing file or key.
+    ``parallel.precision``; a plain load of one fails inside DeepSpeed on a missing file or key.
     Manifests written before the key existed are not checked."""
     saved = manifest.get("precision")
     if saved is None or saved == precision:
