@@ -117,6 +117,8 @@ def _records(path: str, need_output: bool) -> list[dict]:
     from megacompress.data.instruction_dataset import InstructionDataError, read_records, record_problem
 
     records = read_records(path)
+    if not records:
+        raise InstructionDataError(f"{path}: no records")
     for n, record in enumerate(records, 1):
         problem = record_problem(record, need_output)
         if problem:

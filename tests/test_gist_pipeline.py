@@ -167,6 +167,10 @@ def test_gist_pipeline_end_to_end(gist1, tmp_path, repo_root, capsys):
     assert gist_cli.main(["generate", *common, "--cache", str(tmp_path / "c0"), "--inputs", str(inputs),
                           "--out", str(tmp_path / "x.jsonl")]) == 2  # a user error
     assert "made by another model" in capsys.readouterr().err
+    (tmp_path / "empty.jsonl").write_text("\n")
+    assert gist_cli.main(["compress", *common, "--instructions", str(tmp_path / "empty.jsonl"),
+                          "--out", str(tmp_path / "c1")]) == 2
+    assert "empty.jsonl: no records" in capsys.readouterr().err and not (tmp_path / "c1").exists()
 
 
 def _weights(*dirs):
