@@ -60,12 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = cli.resolve_device(args.device)
     state.initialize(tensor_parallel_size=args.tensor_parallel_size, backend="gloo" if device.type == "cpu" else None)
+    model = load_pretrained(args.model).eval().to(device)  # first: a wrong --model fails before any tokenizer note
     if args.tokenizer:
         tokenizer = build_tokenizer(args.tokenizer, args.tokenizer_model)
         check_model_tokenizer(args.model, tokenizer)
     else:
         tokenizer = model_tokenizer(args.model)
-    model = load_pretrained(args.model).eval().to(device)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise TokenizerMismatch(f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens but the model in "
                                 f"{args.model} only {model.config.vocab_size}")
