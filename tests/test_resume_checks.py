@@ -120,28 +120,28 @@ def test_tensor_parallel_change_is_refused_under_zero3(tmp_path):
 def test_precision_change_needs_a_universal_checkpoint_and_allow_changes(tmp_path):
     """DeepSpeed keeps a bf16 run's optimizer state in other files than an fp32 run's: a plain
     resume across the two fails inside DeepSpeed, a universal one loads but changes the run."""
-    for name, universal in (("plain", False), ("universal", True)):
+    for name in ("plain", "universal"):
         tag_dir = tmp_path / name / TAG
         tag_dir.mkdir(parents=True)
         write_manifest(tag_dir, state=TrainState(4, 16, 0), model_config=MODEL,
                        train_config=load_config(None, SAVED).to_dict(), extra={"precision": "bf16"})
 
-    def load(name, engine_precision, overrides=(), universal=False):
+    def load_in(name, engine_precision, overrides=(), universal=False):
         config = load_config(None, SAVED + list(overrides)).to_dict()
         return CheckpointManager(tmp_path / name).load(LoadingEngine(engine_precision), tmp_path / name, TAG,
                                                        model_config=MODEL, train_config=config, universal=universal)
 
-    load("plain", "bf16")
+    load_in("plain", "bf16")
     allowed = ["checkpoint.allow_changes=[parallel.precision]"]
     with pytest.raises(CheckpointError, match=r"global_step4 was saved by a bf16 run and this run computes in fp32: "
                                               r".*--set parallel.precision=bf16, or convert it with `python tools/"
                                               r"convert_checkpoint.py to-universal`"):
-        load("plain", "fp32", allowed)
+        load_in("plain", "fp32", allowed)
     with pytest.raises(CheckpointError, match=r"universal checkpoint .*global_step4 was saved by a bf16 run and "
                                               r"this run computes in fp32; .*allow_changes=\[parallel.precision\]"):
-        load("universal", "fp32", universal=True)
-    assert load("universal", "fp32", allowed, universal=True)[0] == TrainState(4, 16, 0)
-    assert load("universal", "bf16", universal=True)[0] == TrainState(4, 16, 0)
+        load_in("universal", "fp32", universal=True)
+    assert load_in("universal", "fp32", allowed, universal=True)[0] == TrainState(4, 16, 0)
+    assert load_in("universal", "bf16", universal=True)[0] == TrainState(4, 16, 0)
 
 
 @pytest.mark.distributed

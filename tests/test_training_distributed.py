@@ -146,6 +146,9 @@ def test_bf16_trains_near_fp32_and_exports_its_fp32_master_weights(flow, tp2):
         torch.testing.assert_close(exported[name], weight.float(), rtol=2.0 ** -8, atol=1e-30)
         finer += not torch.equal(exported[name], exported[name].bfloat16().float())
     assert finer, "the export holds bf16 values: the fp32 master weights were not read"
+    for run, precision in ((flow / "ref", "fp32"), (tp2 / "tp2_bf16", "bf16")):  # what a resume is checked against
+        root = run / "checkpoints"
+        assert read_manifest(root / read_latest(root))["precision"] == precision
 
 
 @pytest.mark.distributed
