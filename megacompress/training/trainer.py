@@ -48,7 +48,7 @@ from megacompress.parallel import state
 from megacompress.parallel.grads import grad_norm
 from megacompress.progress import is_interactive, progress
 from megacompress.atomic import write_text_atomic
-from megacompress.training.checkpoint import CheckpointManager, TrainState, read_latest
+from megacompress.training.checkpoint import CheckpointManager, TrainState, engine_precision, read_latest
 from megacompress.training.config import TrainConfig, TrainConfigError
 from megacompress.training.ds_config import build_ds_config
 from megacompress.training.metrics import MetricsLogger, memory_stats, peak_flops
@@ -233,7 +233,7 @@ class Trainer:
             "megacompress training",
             f"  world {state.get_world_size()} = TP {state.get_tensor_parallel_world_size()} x DP {self.dp_size}; "
             f"ZeRO stage {self.engine.zero_optimization_stage()}; "
-            f"{'bf16' if self.ds_config['bf16']['enabled'] else 'fp32'} on {self.engine.device}",
+            f"{engine_precision(self.engine)} on {self.engine.device}",
             f"  model {c.model.preset} {self.model_config.to_dict()}",
             f"  parameters {params.total:,} ({params.non_embedding:,} non-embedding)",
             f"  batch: global {s.global_batch_size} seqs x {self.seq_length} tokens, micro {s.micro_batch_size}, "
