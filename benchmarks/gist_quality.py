@@ -118,8 +118,9 @@ REPORTING = ("logging", "checkpoint", "eval")  # config sections that say where 
 
 def check_run_config(run_dir: Path, config_file: Path, sets: list[str]) -> None:
     """Refuse a run dir trained otherwise than this command asks (its ``config.yaml``, the
-    trainer's record): a finished run would be reused as this command's result. The same rule as
-    the trainer's refusal to resume a changed run, also where this script skips the trainer."""
+    trainer's record): a finished run would be reused as this command's result. Every key but the
+    reporting sections counts, the model and precision too, which the trainer checks on resume
+    apart from its `RUN_KEYS` (model config, manifest precision); here no checkpoint is loaded."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return
