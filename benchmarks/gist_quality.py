@@ -230,6 +230,15 @@ def evaluate(args, work: Path, gist: Path, variant: str, data: Path | None = Non
         "eval_seconds": seconds, "rouge_l_per_record": [r["rouge_l"] for r in result.get("per_record", [])]}
 
 
+def comparison(variants: dict) -> dict:
+    """gist / pos-control and gist - neg-control of the mean ROUGE-L, and their paired 95% bootstrap
+    intervals over the evaluated records."""
+    rouge = {v: variants[v]["rouge_l"] for v in VARIANTS}
+    return {"gist_over_pos_control": rouge["gist"] / rouge["pos_control"] if rouge["pos_control"] else None,
+            "gist_minus_neg_control": rouge["gist"] - rouge["neg_control"],
+            "ci95_paired_bootstrap": intervals(variants)}
+
+
 def intervals(variants: dict) -> dict | None:
     """Paired 95% bootstrap intervals over the evaluated records: gist / pos-control, gist - neg-control."""
     scores = {v: variants[v]["rouge_l_per_record"] for v in VARIANTS}
@@ -241,15 +250,12 @@ def intervals(variants: dict) -> dict | None:
 
 def seen_report(seen: dict, stride: int, args) -> dict:
     """The seen-split figures: per variant ROUGE-L (standard error, per record), ratio, difference, intervals."""
-    rouge = {v: seen[v]["rouge_l"] for v in VARIANTS}
     return {"data": str(args.data_dir / "train.jsonl"), "records": seen["gist"]["records"],
             "sample": f"every {stride}th record from the first",
             "variants": {v: {key: seen[v][key] for key in ("rouge_l", "rouge_l_stderr", "exact_match",
                                                            "mean_output_tokens", "rouge_l_per_record")}
                          for v in VARIANTS},
-            "gist_over_pos_control": rouge["gist"] / rouge["pos_control"] if rouge["pos_control"] else None,
-            "gist_minus_neg_control": rouge["gist"] - rouge["neg_control"],
-            "ci95_paired_bootstrap": intervals(seen), "paper_seen_rouge_l": PAPER_SEEN}
+            **comparison(seen), "paper_seen_rouge_l": PAPER_SEEN}
 
 
 def plot(report: dict, path: Path) -> None:
@@ -317,9 +323,7 @@ def main() -> int:
         "train_data": str(args.data_dir / "train.jsonl"), "eval_data": str(args.data_dir / "valid.jsonl"),
         "eval_records": variants["gist"]["records"], "max_new_tokens": args.max_new_tokens,
         "variants": variants,
-        "gist_over_pos_control": rouge["gist"] / rouge["pos_control"] if rouge["pos_control"] else None,
-        "gist_minus_neg_control": rouge["gist"] - rouge["neg_control"],
-        "ci95_paired_bootstrap": intervals(variants),
+        **comparison(variants),
         "seen": seen,
         "goal": "gist >= 0.9 x pos_control and well above neg_control",
         "paper_rouge_l": PAPER, "paper_gist_over_pos_control": PAPER["gist"] / PAPER["pos_control"],
