@@ -15,7 +15,8 @@ from distributed_helpers import REPO_ROOT, cpu_env, run_checked
 from test_training_distributed import common, load
 
 from megacompress.models.config import ModelConfig
-from megacompress.training.checkpoint import CheckpointError, CheckpointManager, TrainState, write_manifest
+from megacompress.training.checkpoint import (CheckpointError, CheckpointManager, TrainState, changed_keys,
+                                               write_manifest)
 from megacompress.training.config import TrainConfigError, load_config
 
 WORKER = REPO_ROOT / "tests" / "workers" / "resume_runs.py"
@@ -79,6 +80,15 @@ def test_reporting_and_location_keys_never_block(ckpt, tmp_path):
     state = resume(ckpt, [f"logging.run_dir={tmp_path}/elsewhere", "eval.interval=2", "eval.iters=9",
                           "checkpoint.interval=1", "checkpoint.keep_last=5", "data.cache_dir=/tmp/cache"])
     assert state == TrainState(4, 16, 0)
+
+
+def test_a_path_given_relative_or_absolute_is_one_value(ckpt, monkeypatch):
+    monkeypatch.chdir(ckpt)  # the saved run named shards/a from here
+    resume(ckpt, [f"data.data_path=[{ckpt / 'shards' / 'a'}]"])
+    with pytest.raises(CheckpointError, match=r"data.data_path: \['shards/a'\] -> \['/"):
+        resume(ckpt, [f"data.data_path=[{ckpt.parent / 'shards' / 'a'}]"])
+    assert changed_keys({"data.data_path": ["0.5", "a", "0.5", "b"]},
+                        {"data.data_path": ["0.5", "a", "0.25", "b"]}) == ["data.data_path"]
 
 
 def test_allow_changes_takes_keys_and_sections(ckpt):

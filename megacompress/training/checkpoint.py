@@ -67,6 +67,9 @@ SLEEP_BEFORE_COMMIT_ENV = "MEGACOMPRESS_CKPT_SLEEP_BEFORE_COMMIT"
 RUN_KEYS = ("data", "tokenizer", "schedule", "optimizer", "seed", "parallel.tensor_parallel_size",
             "parallel.zero_stage")
 LOCATION_KEYS = ("data.cache_dir",)  # inside RUN_KEYS, but only a location
+# Compared as absolute paths (from the current directory), so that ``runs/x`` and ``/repo/runs/x``
+# are one value; a data_path's blend weights stay numbers.
+PATH_KEYS = ("data.data_path", "tokenizer.model_path", "model.init_from", "eval.data_path")
 
 
 class CheckpointError(RuntimeError):
@@ -136,8 +139,23 @@ def read_manifest(ckpt_dir: Path) -> dict[str, Any]:
 
 
 def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Keys whose value differs (a missing key counts as None)."""
-    return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    """Keys whose value differs (a missing key counts as None; `PATH_KEYS` as absolute paths)."""
+    return sorted(k for k in set(saved) | set(current)
+                  if _comparable(k, saved.get(k)) != _comparable(k, current.get(k)))
+
+
+def _comparable(key: str, value: Any) -> Any:
+    if not covered(key, PATH_KEYS):
+        return value
+    if isinstance(value, list):
+        return [_comparable(key, item) for item in value]
+    if not isinstance(value, str) or not value:
+        return value
+    try:
+        float(value)  # a blend weight
+        return value
+    except ValueError:
+        return os.path.abspath(value)
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
