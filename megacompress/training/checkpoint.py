@@ -52,6 +52,7 @@ from deepspeed.checkpoint.constants import (AUTOTP_UNSUPPORTED_PARAMETER_PATTERN
                                             VOCABULARY_PARAMETER_PATTERNS)
 
 from megacompress.atomic import atomic_write, write_text_atomic
+from megacompress.data.builder import DataConfigError, parse_data_path
 from megacompress.models.config import ModelConfig
 from megacompress.parallel import state as parallel_state
 from megacompress.parallel.layers import VocabParallelEmbedding
@@ -68,7 +69,7 @@ RUN_KEYS = ("data", "tokenizer", "schedule", "optimizer", "seed", "parallel.tens
             "parallel.zero_stage")
 LOCATION_KEYS = ("data.cache_dir",)  # inside RUN_KEYS, but only a location
 # Compared as absolute paths (from the current directory), so that ``runs/x`` and ``/repo/runs/x``
-# are one value; a data_path's blend weights stay numbers.
+# are one value; a data_path's blend weights as numbers (`parse_data_path`).
 PATH_KEYS = ("data.data_path", "tokenizer.model_path", "model.init_from", "eval.data_path")
 
 
@@ -145,17 +146,14 @@ def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
 
 
 def _comparable(key: str, value: Any) -> Any:
-    if not covered(key, PATH_KEYS):
+    if not covered(key, PATH_KEYS) or not value:
         return value
-    if isinstance(value, list):
-        return [_comparable(key, item) for item in value]
-    if not isinstance(value, str) or not value:
-        return value
-    try:
-        float(value)  # a blend weight
-        return value
-    except ValueError:
-        return os.path.abspath(value)
+    if isinstance(value, list):  # a data_path: its prefixes (and blend weights) as the data builder reads them
+        try:
+            return [(os.path.abspath(prefix), weight) for prefix, weight in parse_data_path(value)]
+        except DataConfigError:
+            return value  # not a valid data_path: compared as written
+    return os.path.abspath(value)
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
