@@ -98,16 +98,23 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from megacompress.data.indexed import ShardError
     from megacompress.data.registry import DataConfigError
     from megacompress.data.sentences import SentenceModelError
-    from megacompress.data.tokenizers import TokenizerMismatch
+    from megacompress.data.instruction_dataset import InstructionDataError
+    from megacompress.data.tokenizers import TokenizerFileError, TokenizerMismatch
     from megacompress.generation.generate import GenerationRequestError
+    from megacompress.generation.gist_cache import GistCacheError
+    from megacompress.integrity import IntegrityError
+    from megacompress.models.hf_llama import ConversionError
     from megacompress.models.kv_cache import KVCacheOverflow
     from megacompress.models.config import ConfigError
+    from megacompress.parallel.state import LayoutError
     from megacompress.training.checkpoint import CheckpointError
     from megacompress.training.config import TrainConfigError
+    from megacompress.training.safe_load import UnsafeCheckpointError
 
     return (ConfigError, TrainConfigError, DataConfigError, ShardError, SentenceModelError, CheckpointError,
-            TokenizerMismatch, GenerationRequestError, KVCacheOverflow, DeviceError, FileNotFoundError,
-            NotADirectoryError, IsADirectoryError, PermissionError)
+            TokenizerMismatch, TokenizerFileError, GenerationRequestError, KVCacheOverflow, DeviceError, LayoutError,
+            IntegrityError, UnsafeCheckpointError, GistCacheError, InstructionDataError, ConversionError,
+            FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

@@ -38,13 +38,24 @@ from megacompress.atomic import write_text_atomic
 from megacompress.parallel import state
 
 
+def _positive(text: str) -> int:
+    """A count flag (``--k``, ``--batch-size``, ...): a bad one is a usage error, not a traceback."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
 def _common(p: argparse.ArgumentParser, model_help: str = "gist model directory") -> None:
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--tokenizer", default=None, help="directory with tokenizer.json (default: --model)")
 
 
 def _parallel(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tensor-parallel-size", type=int, default=1,
+    p.add_argument("--tensor-parallel-size", type=_positive, default=1,
                    help="run under torchrun --nproc-per-node N with N = this (every rank holds 1/N of the heads)")
     cli.add_device_flag(p)
 
@@ -54,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("init", help="make a gist model from a pretrained one")
     p.add_argument("--model", required=True, help="pretrained model directory (e.g. from import-gguf)")
-    p.add_argument("--k", type=int, required=True, help="gist tokens per prompt (paper: 1, 2, 5, 10)")
+    p.add_argument("--k", type=_positive, required=True, help="gist tokens per prompt (paper: 1, 2, 5, 10)")
     p.add_argument("--variant", default="gist", choices=["gist", "pos_control", "neg_control"])
     p.add_argument("--out", required=True, type=Path)
     p = sub.add_parser("prepare", help="instruction records -> training shard (data.kind instruction)")
@@ -66,15 +77,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     _parallel(p)
     p.add_argument("--instructions", required=True, help="JSON list or JSONL with an 'instruction' field")
     p.add_argument("--out", required=True, type=Path, help="cache directory")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=_positive, default=8)
     p = sub.add_parser("generate", help="answer records from stored gist caches")
     _common(p)
     _parallel(p)
     p.add_argument("--cache", type=Path, help="cache directory from `compress` (not with --no-cache)")
     p.add_argument("--inputs", required=True, help="JSON list or JSONL of {instruction, input}")
     p.add_argument("--out", required=True, type=Path, help="JSONL: one line per input record, in order")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=_positive, default=8)
+    p.add_argument("--max-new-tokens", type=_positive, default=256)
     p.add_argument("--no-cache", action="store_true", help="run the gist-masked model over the full prompt")
     p = sub.add_parser("evaluate", help="quality and efficiency on records with outputs")
     _common(p)
@@ -82,16 +93,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", required=True, help="JSON list or JSONL of {instruction, input, output}")
     p.add_argument("--out", type=Path, default=None,
                    help="report JSON, with every record's output and ROUGE-L (default: print the summary only)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=_positive, default=8)
+    p.add_argument("--max-new-tokens", type=_positive, default=256)
     p.add_argument("--limit", type=int, default=0, help="first N records only (0 = all)")
-    p.add_argument("--efficiency-tokens", type=int, default=16,
+    p.add_argument("--efficiency-tokens", type=_positive, default=16,
                    help="new tokens per row in the FLOPs / wall-clock comparison")
     p = sub.add_parser("perplexity", help="bits/byte of a model on a text file (checks an import)")
     _common(p, "model directory with tokenizer.json")
     p.add_argument("--text", required=True, help="UTF-8 text file")
     p.add_argument("--max-bytes", type=int, default=100_000, help="first N bytes (0 = all)")
-    p.add_argument("--window", type=int, default=512)
+    p.add_argument("--window", type=_positive, default=512)
     cli.add_device_flag(p)
     args = parser.parse_args(argv)
     if args.command == "generate" and (args.cache is None) != args.no_cache:
@@ -104,11 +115,12 @@ def _load(args: argparse.Namespace, device: torch.device):
     from megacompress.data.instruction_dataset import InstructionFormat
     from megacompress.data.tokenizers import build_tokenizer
     from megacompress.models import load_pretrained
+    from megacompress.models.config import ConfigError
 
     model = load_pretrained(args.model).eval().to(device)
     if model.config.architecture != "gist":
-        raise ValueError(f"{args.model}: architecture {model.config.architecture!r}, not a gist model "
-                         "(make one with `python -m megacompress.gist init`)")
+        raise ConfigError(f"{args.model}: architecture {model.config.architecture!r}, not a gist model "
+                          "(make one with `python -m megacompress.gist init`)")
     tokenizer = build_tokenizer("hf", args.tokenizer or args.model)
     return model, InstructionFormat(tokenizer, model.config.gist_tokens), tokenizer
 
@@ -157,7 +169,8 @@ def run(args: argparse.Namespace) -> str:
         return f"wrote {args.out}: {len(entries)} instructions, k={fmt.k}"
     if args.command == "generate":
         records = _records(args.inputs, False)
-        cache = None if args.no_cache else gist_cache.GistCache(args.cache, model_hash=model_hash, k=fmt.k)
+        cache = None if args.no_cache else gist_cache.GistCache(args.cache, model, model_hash=model_hash,
+                                                                tokenizer_fingerprint=tokenizer.fingerprint())
         outputs = gist_generate.answer(model, fmt, records, args.max_new_tokens, cache=cache,
                                        batch_size=args.batch_size, show_progress=writer)
         lines = [json.dumps({"instruction": r["instruction"], "input": r.get("input", ""),
@@ -173,8 +186,8 @@ def _init_parallel(tensor_parallel_size: int, device: torch.device) -> None:
     only repeat the same work); gloo for a CPU run, also on a GPU machine."""
     state.initialize(tensor_parallel_size=tensor_parallel_size, backend="gloo" if device.type == "cpu" else None)
     if state.get_data_parallel_world_size() != 1:
-        raise ValueError(f"{state.get_world_size()} processes for --tensor-parallel-size {tensor_parallel_size}: "
-                         "run with as many processes as the tensor-parallel size")
+        raise cli.DeviceError(f"{state.get_world_size()} processes for --tensor-parallel-size "
+                              f"{tensor_parallel_size}: run with as many processes as the tensor-parallel size")
 
 
 def _perplexity(args) -> dict:
@@ -219,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             message = run(args)
         if not state.is_initialized() or state.get_rank() == 0:
             print(message)
-    except (ValueError, FileNotFoundError) as exc:  # ours are ValueError subclasses naming file + problem
+    except cli.user_errors() as exc:  # each names the file and the problem; anything else is a bug
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)

@@ -19,7 +19,7 @@ import sys
 
 from megacompress import cli
 from megacompress.training.config import load_config
-from megacompress.training.signals import EXIT_REQUEUE
+from megacompress.training.signals import EXIT_REQUEUE, StopSignal
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First, before DeepSpeed's import, process groups and data: a SIGTERM during start-up then
+    # still ends in a checkpoint and exit 75 (the default action would exit 143 with no status).
+    stop = StopSignal()
     args = parse_args(argv)
     config = load_config(args.config, args.overrides)
     if args.print_config:
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from megacompress.parallel import state
     from megacompress.training.trainer import Trainer  # heavy imports (DeepSpeed) only when training
 
-    result = Trainer(config, stop_at_step=args.stop_at_step).train()
+    result = Trainer(config, stop_at_step=args.stop_at_step, stop=stop).train()
     # Left to interpreter exit, gloo's worker threads can abort the process (SIGABRT, "terminate
     # called without an active exception") after a successful run. Only after a clean finish: tearing
     # down while another rank is still inside a collective can hang it.

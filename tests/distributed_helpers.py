@@ -69,3 +69,19 @@ def run_checked(cmd: list[str], *, env: dict[str, str] | None = None, timeout: f
             f"--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+def signal_when_ready(proc: subprocess.Popen, ready, sig: int, timeout: float = 120) -> str:
+    """Send ``sig`` to ``proc`` once ``ready()`` is true; wait for it to exit and return its stderr
+    (killed on any failure, so no run outlives the test)."""
+    import time
+
+    try:
+        deadline = time.time() + timeout
+        while not ready():
+            assert proc.poll() is None and time.time() < deadline, "training did not start"
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        return proc.communicate(timeout=timeout)[1]
+    finally:
+        proc.kill()

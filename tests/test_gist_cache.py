@@ -65,13 +65,18 @@ def test_stored_caches_round_trip_and_are_refused_by_another_model_or_k(gist2, t
     path = gist_cache.save_cache(tmp_path / "cache", instructions, gist_cache.compress(model, fmt, instructions),
                                  model_hash=identity, model_dir=str(directory), k=2,
                                  tokenizer_fingerprint=fmt.tokenizer.fingerprint())
-    cache = gist_cache.GistCache(path, model_hash=identity, k=2)
+    fingerprint = fmt.tokenizer.fingerprint()
+    cache = gist_cache.GistCache(path, model, model_hash=identity, tokenizer_fingerprint=fingerprint)
     assert len(cache) == 4 and RECORDS[0]["instruction"] in cache
     assert answer(model, fmt, RECORDS, 8, cache=cache, batch_size=3) == answer(model, fmt, RECORDS, 8, batch_size=2)
     with pytest.raises(gist_cache.GistCacheError, match="made by another model"):
-        gist_cache.GistCache(path, model_hash="0" * 64, k=2)
-    with pytest.raises(gist_cache.GistCacheError, match="made with k=2 gist tokens, this model uses k=1"):
-        gist_cache.GistCache(path, model_hash=identity, k=1)
+        gist_cache.GistCache(path, model, model_hash="0" * 64, tokenizer_fingerprint=fingerprint)
+    model.config.gist_tokens = 1
+    try:
+        with pytest.raises(gist_cache.GistCacheError, match="made with k=2 gist tokens, this model uses k=1"):
+            gist_cache.GistCache(path, model, model_hash=identity, tokenizer_fingerprint=fingerprint)
+    finally:
+        model.config.gist_tokens = 2
     with pytest.raises(gist_cache.GistCacheError, match="not in the cache"):
         cache.get("An instruction nobody compressed.")
     with pytest.raises(gist_cache.GistCacheError, match="does not end with its 2 gist token"):

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from megacompress.models import pretrained
 from megacompress.models.blocks import RMSNorm
 from megacompress.models.config import ConfigError, ModelConfig
 from megacompress.models.gpt import GPT
@@ -80,7 +81,7 @@ def test_init_is_seeded():
 
 def test_save_load_round_trip(model, tmp_path):
     model.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "manifest.json", "model.safetensors"]
     loaded = GPT.from_pretrained(tmp_path)
     ids = torch.tensor([[4, 5, 6, 7]])
     with torch.no_grad():
@@ -94,14 +95,17 @@ def test_load_errors_name_file_and_keys(model, tmp_path):
     # Weights of another shape under the same config: error names the file and tensors.
     GPT(config(ffn_hidden_size=128)).save_pretrained(tmp_path / "other")
     (tmp_path / "other" / "config.json").write_text((tmp_path / "config.json").read_text())
+    pretrained.seal(tmp_path / "other")  # as its author wrote it: past the digests, to the shape check
     with pytest.raises(ValueError, match=r"other/model.safetensors: does not match the model: "
                                          r"stack.layers.0.mlp.down.weight: shape \(64, 128\)"):
         GPT.from_pretrained(tmp_path / "other")
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["n_layer"] = 2
     (tmp_path / "config.json").write_text(json.dumps(cfg))
+    pretrained.seal(tmp_path)
     with pytest.raises(ConfigError, match="config.json: unknown ModelConfig key"):
         GPT.from_pretrained(tmp_path)
     (tmp_path / "other" / "model.safetensors").write_bytes(b"garbage")
+    pretrained.seal(tmp_path / "other")
     with pytest.raises(ValueError, match="model.safetensors: cannot read"):
         GPT.from_pretrained(tmp_path / "other")

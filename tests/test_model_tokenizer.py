@@ -48,11 +48,12 @@ def test_generate_cli_uses_the_recorded_tokenizer_and_refuses_another(tmp_path):
 
     from distributed_helpers import REPO_ROOT, cpu_env
 
-    from megacompress.models import GPT, ModelConfig
+    from megacompress.models import GPT, ModelConfig, pretrained
 
     GPT(ModelConfig(vocab_size=259, hidden_size=32, num_layers=1, num_heads=2, ffn_hidden_size=64,
                     max_seq_len=32)).save_pretrained(tmp_path)
     save_tokenizer(build_tokenizer("bytes"), str(tmp_path))
+    pretrained.seal(tmp_path)  # the tokenizer files are part of the directory, as export seals them
 
     def generate(*extra):
         return subprocess.run([sys.executable, "-m", "megacompress.generate", "--model", str(tmp_path), "--prompt",

@@ -18,6 +18,7 @@ One flow, few launches (each costs ~10 s of start-up on 2 cores):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,9 +28,10 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
-from distributed_helpers import REPO_ROOT, cpu_env, free_port, run_checked, run_torchrun
+from distributed_helpers import REPO_ROOT, cpu_env, free_port, run_checked, run_torchrun, signal_when_ready
 
 from megacompress.models.gpt import GPT
 from megacompress.models.outputs import gather_logits
@@ -171,7 +173,14 @@ def test_kill_during_commit_then_exact_resume(flow, sample_shards):
             assert proc.poll() is None and time.time() < deadline, "resumed run never reached the commit"
             time.sleep(0.5)
     finally:
+        # torchrun starts its workers in sessions of their own: kill them, not only its group
+        # (a surviving rank 0 would commit step 4 later, and holds the run directory's lock).
+        workers = psutil.Process(proc.pid).children(recursive=True)
         os.killpg(proc.pid, signal.SIGKILL)
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
+        psutil.wait_procs(workers, timeout=30)
         proc.wait()
     assert read_latest(ckpt) == "global_step3"
     assert not (ckpt / "global_step4").exists()
@@ -207,16 +216,9 @@ def test_sigusr2_checkpoints_and_exits_requeue(sample_shards, tmp_path):
         "--set=schedule.train_steps=1000", "--set=schedule.warmup_steps=1", f"--set=logging.run_dir={run_dir}"]
     proc = subprocess.Popen([sys.executable, "-m", "megacompress.train", *overrides], env=cpu_env(), cwd=REPO_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 120
-        metrics = run_dir / "metrics.jsonl"
-        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-            assert proc.poll() is None and time.time() < deadline, "training did not start"
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGUSR2)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+    metrics = run_dir / "metrics.jsonl"
+    stderr = signal_when_ready(proc, lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2,
+                               signal.SIGUSR2)
     assert proc.returncode == EXIT_REQUEUE, stderr[-3000:]
     status = json.loads((run_dir / "exit_status.json").read_text())
     assert status["reason"] == "signal" and status["signal"] == "SIGUSR2"

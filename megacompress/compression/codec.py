@@ -66,8 +66,13 @@ class CodecConfig:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CodecConfig":
-        return cls(**{**d, "static_counts": tuple(d.get("static_counts", ()))})
+    def from_dict(cls, d: dict, source: str) -> "CodecConfig":
+        """The ``codec`` section of ``source`` (a shard's meta.json, maybe from elsewhere); a
+        malformed one is a ``ValueError`` naming ``source``."""
+        try:
+            return cls(**{**d, "static_counts": tuple(d.get("static_counts", ()))})
+        except (TypeError, AttributeError, ValueError) as exc:
+            raise ValueError(f"{source}: unusable codec section ({exc})") from None
 
 
 @dataclass

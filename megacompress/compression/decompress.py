@@ -14,7 +14,8 @@ import time
 from megacompress import cli
 from megacompress.atomic import atomic_write
 from megacompress.compression.codec import M1_SCHEMES, CodecConfig, CorruptStreamError, build_codec
-from megacompress.compression.shards import ShardMismatchError, check_m1, document_info, read_documents, read_meta
+from megacompress.compression.shards import (ShardMismatchError, check_m1, document_info, meta_path, read_documents,
+                                             read_meta)
 from megacompress.progress import progress
 
 BLOCK_DOCUMENTS = 64
@@ -24,7 +25,7 @@ def decompress(input_prefix: str, output: str, m1_dir: str | None) -> dict:
     from megacompress.compression.m1 import M1
 
     meta = read_meta(input_prefix)
-    config = CodecConfig.from_dict(meta["codec"])
+    config = CodecConfig.from_dict(meta["codec"], meta_path(input_prefix))
     m1 = M1(m1_dir) if m1_dir and config.scheme in M1_SCHEMES else None
     check_m1(input_prefix, meta, None if m1 is None else m1.hash)
     codec = build_codec(config, m1)

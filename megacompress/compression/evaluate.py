@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from megacompress.compression.shards import document_info
 from megacompress.data.builder import read_shard_meta
 from megacompress.data.indexed import IndexedDataset
 from megacompress.data.tokenizers import build_tokenizer
+from megacompress.integrity import resolve_inside
 from megacompress.models.registry import load_pretrained
 
 
@@ -35,7 +37,11 @@ def shard_tokenizer(prefix: str, tokenizer_model: str | None = None):
     name = meta["tokenizer"]["name"]
     if name == "bitstream":
         return build_tokenizer("bitstream", f"{prefix}.meta.json"), meta
-    model = tokenizer_model or meta["tokenizer"].get("model")
+    model = tokenizer_model
+    recorded = meta["tokenizer"].get("model")
+    if model is None and recorded and name in ("sentencepiece", "hf"):
+        # preprocess records the model's file name only: it is found beside the shard, nowhere else
+        model = str(resolve_inside(os.path.dirname(os.path.abspath(prefix)), recorded, source=f"{prefix}.meta.json"))
     return build_tokenizer(name, model if name in ("sentencepiece", "hf") else None), meta
 
 
@@ -77,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = cli.parser("megacompress.compression.evaluate", __doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="exported model directory (save_pretrained / export)")
     p.add_argument("--data-prefix", required=True, help="shard prefix: bitstream, or token shard with meta.json")
-    p.add_argument("--tokenizer-model", help="SentencePiece .model, if the shard's meta does not locate it")
+    p.add_argument("--tokenizer-model", help="SentencePiece .model / hf tokenizer.json (default: the file the "
+                                             "shard's meta.json names, beside the shard)")
     p.add_argument("--max-documents", type=int, help="score only the first N documents")
     a = p.parse_args(argv)
     try:

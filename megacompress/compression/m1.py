@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit
 
 from megacompress.compression.arithmetic import NUM_SYMBOLS, quantize_row
-from megacompress.models.config import ModelConfig
+from megacompress.models.config import ConfigError, ModelConfig
 
 BOS = 256  # the bytes tokenizer's eod id opens every M1 context
 
@@ -55,6 +55,20 @@ def m1_hash(directory: str | Path) -> str:
     return h.hexdigest()
 
 
+def _weight_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor M1 reads from a gpt model's ``model.safetensors``."""
+    h, f, d = config.hidden_size, config.ffn_hidden_size, config.head_dim
+    shapes = {"embed.weight": (config.vocab_size, h), "norm.weight": (h,)}
+    if not config.tie_embeddings:
+        shapes["lm_head.weight"] = (config.vocab_size, h)
+    layer = {"attn_norm": (h,), "attn.qkv": ((config.num_heads + 2 * config.num_kv_heads) * d, h),
+             "attn.out": (h, config.num_heads * d), "mlp_norm": (h,), "mlp.gate": (f, h), "mlp.up": (f, h),
+             "mlp.down": (h, f)}
+    for i in range(config.num_layers):
+        shapes.update({f"stack.layers.{i}.{name}.weight": shape for name, shape in layer.items()})
+    return shapes
+
+
 @dataclass
 class M1Cache:
     """KV cache of ``rows`` contexts of up to ``context`` positions each (see module docstring)."""
@@ -75,16 +89,29 @@ class M1:
     """An exported byte model, ready for ``cdfs``; ``hash`` identifies it in shard metadata."""
 
     def __init__(self, directory: str | Path):
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
         self.directory = Path(directory)
         self.hash = m1_hash(directory)
-        config = ModelConfig.from_dict(json.loads((self.directory / "config.json").read_text()))
+        config_path, weights_path = self.directory / "config.json", self.directory / "model.safetensors"
+        try:
+            config = ModelConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError, ConfigError, TypeError, AttributeError) as exc:
+            raise M1Error(f"{config_path}: not a model config ({exc})") from None
         if config.architecture != "gpt" or config.vocab_size < NUM_SYMBOLS + 1:
             raise M1Error(f"{self.directory}: M1 must be a gpt model over the bytes tokenizer "
                           f"(architecture {config.architecture!r}, vocab_size {config.vocab_size})")
         self.config = config
-        w = load_file(str(self.directory / "model.safetensors"))
+        try:
+            w = load_file(str(weights_path))
+        except SafetensorError as exc:
+            raise M1Error(f"{weights_path}: not a readable safetensors file ({exc})") from None
+        # The numba kernels index by the config's sizes without bounds checks: shapes first.
+        wrong = [f"{name} {w[name].shape if name in w else 'missing'}, the config needs {shape}"
+                 for name, shape in _weight_shapes(config).items() if name not in w or w[name].shape != shape]
+        if wrong:
+            raise M1Error(f"{weights_path}: does not match {config_path}: " + "; ".join(wrong[:4]))
         layers = [f"stack.layers.{i}" for i in range(config.num_layers)]
 
         def stack(name, transpose=True):

@@ -7,9 +7,10 @@ Files of one shard ``PREFIX``:
   token; nothing marks document ends (the dataset inserts the tokenizer's eod id).
 * ``PREFIX.docs.bin/.idx``: same layout, int64, sequence i = ``[byte_length, windows,
   crc32]`` of document i (crc32 of its original UTF-8 bytes, checked after decoding).
-* ``PREFIX.meta.json``: ``tokenizer`` (the ``BitstreamTokenizer`` section the training
-  data builder checks), ``flags.append_eod`` (false), ``codec`` (``CodecConfig.to_dict()``),
-  ``m1`` (``{"hash", "path"}`` or null), ``counts`` (documents, bytes, tokens, windows,
+* ``PREFIX.meta.json``: ``files`` (size and sha256 of the four files above, checked before
+  decoding and by the training data builder: ``index_cache.verify_files``), ``tokenizer``
+  (the ``BitstreamTokenizer`` section the training data builder checks), ``flags.append_eod``
+  (false), ``codec`` (``CodecConfig.to_dict()``), ``m1`` (``{"hash", "path"}`` or null), ``counts`` (documents, bytes, tokens, windows,
   undecodable windows / documents, skipped records) and ``inputs``.
 
 ``read_documents`` refuses a shard whose M1 hash differs from the given M1 and raises
@@ -28,9 +29,11 @@ import numpy as np
 from megacompress.atomic import write_text_atomic
 from megacompress.compression.codec import CodecConfig, CorruptStreamError, EncodedDocument
 from megacompress.compression.tokenizer import BitstreamTokenizer
+from megacompress.data.index_cache import file_records, verify_files
 from megacompress.data.indexed import IndexedDataset, IndexedDatasetWriter
 
 DOCS_SUFFIX = ".docs"
+SHARD_SUFFIXES = (".bin", ".idx", DOCS_SUFFIX + ".bin", DOCS_SUFFIX + ".idx")  # the files meta.json records
 
 
 class ShardMismatchError(ValueError):
@@ -75,6 +78,7 @@ class BitstreamShardWriter:
         self.tokens.finalize()
         self.docs.finalize()
         meta = {
+            "files": file_records(self.prefix, list(SHARD_SUFFIXES)),
             "tokenizer": BitstreamTokenizer(self.config, m1_hash).meta(),
             "flags": {"append_eod": False},
             "codec": self.config.to_dict(),
@@ -93,13 +97,13 @@ class BitstreamShardWriter:
 def read_meta(prefix: str) -> dict:
     path = meta_path(prefix)
     try:
-        meta = json.loads(Path(path).read_text())
+        meta = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ShardMismatchError(f"{path}: missing (not a bitstream shard written by tools/compress_corpus.py)") \
             from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ShardMismatchError(f"{path}: invalid JSON ({exc})") from None
-    if "codec" not in meta or "counts" not in meta:
+    if not isinstance(meta, dict) or not isinstance(meta.get("codec"), dict) or "counts" not in meta:
         raise ShardMismatchError(f"{path}: no 'codec' section: not a bitstream shard")
     return meta
 
@@ -130,6 +134,7 @@ def read_documents(prefix: str, codec, m1_hash: str | None, start: int = 0, end:
     """Decoded bytes of documents ``[start, end)``, each verified against its length and crc32."""
     meta = read_meta(prefix)
     check_m1(prefix, meta, m1_hash)
+    verify_files(prefix, meta)  # hashed once per process (its cost: index_cache.verify_files)
     shard = IndexedDataset(prefix)
     info = document_info(prefix)
     if len(info) != len(shard):

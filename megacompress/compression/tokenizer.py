@@ -35,19 +35,24 @@ class BitstreamTokenizer:
     def from_meta_file(cls, path: str, load_m1: bool = False) -> "BitstreamTokenizer":
         """From a bitstream shard's ``meta.json`` (``load_m1``: also load the M1 it names)."""
         try:
-            meta = json.loads(Path(path).read_text())
-            config, m1_info = CodecConfig.from_dict(meta["codec"]), meta.get("m1")
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            meta = json.loads(Path(path).read_text(encoding="utf-8"))
+            config, m1_info = CodecConfig.from_dict(meta["codec"], path), meta.get("m1")
+            if m1_info is not None:
+                m1_path, m1_hash = m1_info["path"], m1_info["hash"]
+                if not isinstance(m1_path, str) or not isinstance(m1_hash, str):
+                    raise TypeError(f"m1 {m1_info!r} needs a path and a hash")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"{path}: not a bitstream shard meta.json ({exc})") from None
         m1 = None
         if load_m1 and m1_info is not None:
             from megacompress.compression.m1 import M1
 
-            m1 = M1(m1_info["path"])
-            if m1.hash != m1_info["hash"]:
-                raise ValueError(f"{path}: recorded M1 {m1_info['path']} has changed (hash {m1.hash[:12]}, "
-                                 f"recorded {m1_info['hash'][:12]})")
-        return cls(config, None if m1_info is None else m1_info["hash"], m1)
+            # The path compress_corpus was given (not relative to the meta file); its hash is what is trusted.
+            m1 = M1(m1_path)
+            if m1.hash != m1_hash:
+                raise ValueError(f"{path}: recorded M1 {m1_path} has changed (hash {m1.hash[:12]}, "
+                                 f"recorded {m1_hash[:12]})")
+        return cls(config, None if m1_info is None else m1_hash, m1)
 
     def special_id(self, name: str) -> int:
         if name not in SPECIAL_OFFSETS:

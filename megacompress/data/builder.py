@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from megacompress.data.blended import BlendedDataset, blend_counts
-from megacompress.data.index_cache import load_or_build, shard_digest
-from megacompress.data.indexed import IndexedDataset, bin_path, require_shard
+from megacompress.data.index_cache import load_or_build, shard_digest, verify_files
+from megacompress.data.indexed import IndexedDataset, ShardError, bin_path, require_shard
 from megacompress.data.registry import DATASET_KINDS, DataConfigError, dataset_kind  # noqa: F401 (re-exported)
 from megacompress.data.tokenizers import Tokenizer
 
@@ -98,17 +98,22 @@ def read_shard_meta(prefix: str) -> dict | None:
     """The parsed ``PREFIX.meta.json`` (None if there is none); ``DataConfigError`` naming the file if invalid."""
     path = f"{prefix}.meta.json"
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             meta = json.load(f)
     except FileNotFoundError:
         return None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataConfigError(f"{path}: invalid JSON ({exc})") from None
-    required = [("tokenizer", "name"), ("tokenizer", "fingerprint"), ("tokenizer", "vocab_size"),
-                ("flags", "append_eod")]
-    for section, key in required:
-        if key not in meta.get(section, {}):
+    if not isinstance(meta, dict):
+        raise DataConfigError(f"{path}: not a JSON object")
+    required = [("tokenizer", "name", str), ("tokenizer", "fingerprint", str), ("tokenizer", "vocab_size", int),
+                ("flags", "append_eod", bool)]
+    for section, key, kind in required:
+        value = meta.get(section)
+        if not isinstance(value, dict) or key not in value:
             raise DataConfigError(f"{path}: key '{section}.{key}' missing")
+        if type(value[key]) is not kind:
+            raise DataConfigError(f"{path}: '{section}.{key}' must be a {kind.__name__}, not {value[key]!r}")
     return meta
 
 
@@ -136,6 +141,16 @@ def _shard_token_stats(prefix: str, eod_id: int, cache_dir: str) -> dict[str, np
                          cache_dir).arrays
 
 
+def check_token_bounds(prefix: str, stats: dict[str, np.ndarray], tokenizer: Tokenizer, why: str,
+                       error: type[ValueError] = ShardError) -> None:
+    """``error`` naming the ``.bin`` when a token id is outside the tokenizer's vocabulary (the
+    embedding lookup would fail deep inside training instead)."""
+    low, high = (int(v) for v in stats["token_bounds"])
+    if low < 0 or high >= tokenizer.vocab_size:
+        raise error(f"{bin_path(prefix)}: token ids span [{low}, {high}] but tokenizer {tokenizer.name} has "
+                         f"vocab_size {tokenizer.vocab_size}; {why}")
+
+
 def megatron_shard_meta(prefix: str, tokenizer: Tokenizer, cache_dir: str) -> dict:
     """Metadata for a shard without ``meta.json``: the vocabulary bound checked, ``append_eod`` inferred.
 
@@ -144,12 +159,7 @@ def megatron_shard_meta(prefix: str, tokenizer: Tokenizer, cache_dir: str) -> di
     (otherwise the datasets insert EOD after each document).
     """
     stats = _shard_token_stats(prefix, tokenizer.eod, cache_dir)
-    low, high = (int(v) for v in stats["token_bounds"])
-    if low < 0 or high >= tokenizer.vocab_size:
-        raise DataConfigError(
-            f"{bin_path(prefix)}: token ids span [{low}, {high}] but tokenizer {tokenizer.name} has vocab_size "
-            f"{tokenizer.vocab_size}; the shard was packed with another tokenizer"
-        )
+    check_token_bounds(prefix, stats, tokenizer, "the shard was packed with another tokenizer", DataConfigError)
     ending, documents = (int(v) for v in stats["eod_endings"])
     append_eod = documents > 0 and ending == documents
     warnings.warn(
@@ -162,11 +172,19 @@ def megatron_shard_meta(prefix: str, tokenizer: Tokenizer, cache_dir: str) -> di
 
 
 def shard_meta(prefix: str, tokenizer: Tokenizer, cache_dir: str) -> dict:
-    """The checked metadata of one shard: its ``meta.json``, or ``megatron_shard_meta`` without one."""
+    """The checked metadata of one shard: its ``meta.json``, or ``megatron_shard_meta`` without one.
+
+    With ``meta.json``: the tokenizer is compared, the files it lists are verified (`verify_files`)
+    and the token ids are checked against the vocabulary all the same (cached), since a shard
+    written before digests were recorded can still have been changed on disk.
+    """
     meta = read_shard_meta(prefix)
     if meta is None:
         return megatron_shard_meta(prefix, tokenizer, cache_dir)
     check_tokenizer(prefix, meta, tokenizer)
+    verify_files(prefix, meta, cache_dir)
+    check_token_bounds(prefix, _shard_token_stats(prefix, tokenizer.eod, cache_dir), tokenizer,
+                       "the shard is corrupt")
     return meta
 
 

@@ -52,7 +52,7 @@ import numpy as np
 
 from megacompress.data.collate import TOKEN_BATCH_KEYS
 from megacompress.data.index_cache import load_or_build, open_document_range, shard_digest
-from megacompress.data.indexed import IndexedDataset, ShardError, idx_path, shard_exists
+from megacompress.data.indexed import IndexedDataset, ShardError, bin_path, idx_path, shard_exists
 from megacompress.data.shuffle import CHUNKS, epoch_permutations
 from megacompress.progress import progress
 
@@ -155,6 +155,18 @@ def _sentence_chunks(doc: int, length: int, eos: np.ndarray,
     return chunks, cuts
 
 
+def check_sidecar_files(prefix: str, recorded_in: str | None = None) -> None:
+    """``ShardError`` for a sidecar ``prefix`` with one of its two files gone (damage, not "no
+    sentences"), or with both gone while ``recorded_in`` (the shard's meta.json) says it was written."""
+    paths = (bin_path(prefix), idx_path(prefix))
+    missing = [path for path in paths if not os.path.isfile(path)]
+    if len(missing) == 1:
+        raise ShardError(f"{missing[0]}: missing, but the rest of the sentence sidecar {prefix} is there")
+    if missing and recorded_in:
+        raise ShardError(f"{paths[0]}, {paths[1]}: missing, but {recorded_in} records the sentence sidecar "
+                         "(set data.use_sentences=false to train without sentences)")
+
+
 class DocumentDataset:
     """Map-style dataset of padded single-document samples; layout in the module docstring."""
 
@@ -165,6 +177,8 @@ class DocumentDataset:
         start, end = self.document_range
 
         has_sidecar = shard_exists(eos_prefix(prefix))
+        if config.use_sentences is not False:
+            check_sidecar_files(eos_prefix(prefix))
         if config.use_sentences and not has_sidecar:
             raise ShardError(f"{eos_prefix(prefix)}.idx: sentence sidecar required (use_sentences=True) but "
                              "missing; preprocess with --split-sentences")

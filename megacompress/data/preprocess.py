@@ -49,6 +49,7 @@ from megacompress import cli
 from megacompress.atomic import write_text_atomic
 from megacompress.data import partition_merge as pm
 from megacompress.data import readers
+from megacompress.data.index_cache import file_records
 from megacompress.data.indexed import DTYPE_CODES, IndexedDatasetWriter, best_dtype, cast_tokens
 from megacompress.data.tokenizers import TOKENIZER_KINDS, build_tokenizer, encode_pieces
 from megacompress.progress import progress
@@ -276,6 +277,7 @@ def preprocess(cfg: PreprocessConfig) -> dict:
     written into each meta.json)."""
     t0 = time.perf_counter()
     files = readers.expand_inputs(cfg.inputs)
+    _check_output_prefix(cfg.output_prefix)
     tok = build_tokenizer(cfg.tokenizer, cfg.tokenizer_model)
     _STATE["tokenizer"] = tok
     dtype = _resolve_dtype(cfg.dtype, tok.vocab_size)
@@ -345,6 +347,15 @@ def preprocess(cfg: PreprocessConfig) -> dict:
     _require_documents(cfg, files, summary)
     _write_meta(cfg, tok, dtype, files, summary, trained_chars, model_json)
     return summary
+
+
+def _check_output_prefix(prefix: str) -> None:
+    """Refuse, before any work, a prefix whose directory cannot be made: a file on its way."""
+    parent = os.path.dirname(os.path.abspath(prefix))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise readers.InputError(f"--output-prefix {prefix}: {parent} is a file, not a directory")
 
 
 def _pack(cfg: PreprocessConfig, segments, names: dict[str, str], dtype, pool, bar) -> Counter:
@@ -481,6 +492,8 @@ def _shard_meta(cfg: PreprocessConfig, key: str, tok, dtype: np.dtype, files: li
         "inputs": [os.path.basename(f) for f in files],
         "eos_sidecar": name + ".eos" if cfg.split_sentences else None,
         "counts": summary["keys"][key] | {"records": summary["records"]},
+        # size + sha256 of the token files: same-size corruption of a received shard is caught
+        "files": file_records(prefix, [".bin", ".idx"] + ([".eos.bin", ".eos.idx"] if cfg.split_sentences else [])),
     }
 
 
@@ -556,7 +569,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     try:
         summary = preprocess(cfg)
-    except (readers.InputError, ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 from megacompress.data.bitstream_dataset import build_bitstream
 from megacompress.data.collate import TOKEN_BATCH_KEYS
-from megacompress.data.document_dataset import SENTENCE_BATCH_KEYS, DocumentDataset, DocumentDatasetConfig
+from megacompress.data.document_dataset import (SENTENCE_BATCH_KEYS, DocumentDataset, DocumentDatasetConfig,
+                                                check_sidecar_files, eos_prefix)
 from megacompress.data.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megacompress.data.instruction_dataset import INSTRUCTION_BATCH_KEYS, build_instruction
 
@@ -103,6 +104,9 @@ def _build_gpt(prefix, meta, config, seq_length, num_samples, document_range, to
 
 
 def _build_document(prefix, meta, config, seq_length, num_samples, document_range, tokenizer, cache_dir):
+    if config.use_sentences is None and meta.get("eos_sidecar"):
+        # "Use the sidecar when present" must not quietly train without the sentences the shard was packed with.
+        check_sidecar_files(eos_prefix(prefix), recorded_in=f"{prefix}.meta.json")
     cfg = DocumentDatasetConfig(seq_length=seq_length, pad_id=tokenizer.special_id("pad"),
                                 num_samples=num_samples, seed=config.seed, shuffle=config.shuffle,
                                 document_range=document_range, use_sentences=config.use_sentences,

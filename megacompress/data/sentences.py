@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable
 
@@ -98,6 +99,33 @@ def _params_from_dict(model, path: str) -> PunktParameters:
     return params
 
 
+SHARD_MODEL_SUFFIX = ".sentences.json"  # preprocess's name for a shard's model: PREFIX.sentences.json
+
+
+def _meta_of(path: str) -> str:
+    return str(path)[:-len(SHARD_MODEL_SUFFIX)] + ".meta.json"
+
+
+def recorded_digest(path: str) -> str | None:
+    """The sha256 the shard's ``meta.json`` records for the model file ``path`` (``sentence_model``:
+    ``file`` and ``sha256``), None when ``path`` is not a shard's model or nothing is recorded."""
+    meta_path = _meta_of(path)
+    if not str(path).endswith(SHARD_MODEL_SUFFIX) or not os.path.isfile(meta_path):
+        return None
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            recorded = json.load(f).get("sentence_model")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise SentenceModelError(f"{meta_path}: unreadable, so {path} cannot be checked ({exc})") from None
+    if not recorded:
+        return None
+    if (not isinstance(recorded, dict) or recorded.get("file") != os.path.basename(path)
+            or not isinstance(recorded.get("sha256"), str)):
+        raise SentenceModelError(f"{meta_path}: 'sentence_model' does not record {os.path.basename(path)} and its "
+                                 "sha256")
+    return recorded["sha256"]
+
+
 class SentenceSplitter:
     """Punkt-based lossless splitter; see the module docstring for the piece rules."""
 
@@ -119,14 +147,24 @@ class SentenceSplitter:
 
     @classmethod
     def load(cls, path: str) -> "SentenceSplitter":
-        """The splitter saved (``to_json``) in ``path``; ``SentenceModelError`` naming the file if invalid."""
+        """The splitter saved (``to_json``) in ``path``; ``SentenceModelError`` naming the file if invalid.
+
+        A shard's model (``PREFIX.sentences.json``) must also match the sha256 its ``PREFIX.meta.json``
+        records (`recorded_digest`): a valid-looking edit would cut sentences differently, silently.
+        """
         try:
-            with open(path, encoding="utf-8") as f:
-                model = json.load(f)
+            with open(path, "rb") as f:
+                raw = f.read()
+            model = json.loads(raw.decode("utf-8"))
         except FileNotFoundError:
             raise SentenceModelError(f"{path}: sentence model file does not exist") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise SentenceModelError(f"{path}: invalid sentence model JSON ({exc})") from None
+        recorded = recorded_digest(path)
+        if recorded is not None and hashlib.sha256(raw).hexdigest() != recorded:
+            raise SentenceModelError(f"{path}: contents changed since it was written (corrupt or edited): sha256 "
+                                     f"{hashlib.sha256(raw).hexdigest()[:12]}, {_meta_of(path)} records "
+                                     f"{recorded[:12]}")
         return cls(_params_from_dict(model, path))
 
     def to_json(self) -> str:

@@ -206,7 +206,10 @@ class SentencePieceTokenizer(_Specials):
         if not os.path.isfile(model_path):
             raise FileNotFoundError(f"{model_path}: SentencePiece model not found")
         self.model_path = model_path
-        self._sp = spm.SentencePieceProcessor(model_file=model_path)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_file=model_path)
+        except RuntimeError as exc:  # sentencepiece's only error type for an unparsable file
+            raise TokenizerFileError(f"{model_path}: not a SentencePiece model ({exc})") from None
         n = self._sp.get_piece_size()
         self._byte_ids = {}
         for b in b"\xe2\x96\x81":  # UTF-8 of U+2581
@@ -358,7 +361,10 @@ class HFTokenizer(_Specials):
         if not os.path.isfile(json_path):
             raise FileNotFoundError(f"{json_path}: tokenizer.json not found")
         self.model_path = json_path
-        self._tok = _Backend.from_file(json_path)
+        try:
+            self._tok = _Backend.from_file(json_path)
+        except Exception as exc:  # the tokenizers library raises a bare Exception for any unreadable file
+            raise TokenizerFileError(f"{json_path}: not a Hugging Face tokenizer.json ({exc})") from None
         self._serialized = self._tok.to_str()
         self._tok.encode_special_tokens = True
         continuation = _without_prefix_space(json.loads(self._serialized))
@@ -367,27 +373,39 @@ class HFTokenizer(_Specials):
         config_path = os.path.join(os.path.dirname(json_path), TOKENIZER_CONFIG)
         config = {}
         if os.path.isfile(config_path):
-            with open(config_path) as f:
-                config = json.load(f)
+            try:
+                with open(config_path, encoding="utf-8") as f:
+                    config = json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise TokenizerFileError(f"{config_path}: not valid JSON ({exc})") from None
+            if not isinstance(config, dict):
+                raise TokenizerFileError(f"{config_path}: not a JSON object")
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.add_bos = bool(config.get("add_bos_token", False))
 
-        def token_id(value, role: str) -> int | None:
+        def token_text(value, role: str) -> str | None:
             text = value.get("content") if isinstance(value, dict) else value  # str or AddedToken dict
+            if text is not None and not isinstance(text, str):
+                raise TokenizerFileError(f"{config_path}: {role} {value!r} is not a token")
+            return text
+
+        def token_id(value, role: str) -> int | None:
+            text = token_text(value, role)
             if text is None:
                 return None
             tid = self._tok.token_to_id(text)
             if tid is None:
-                raise ValueError(f"{config_path}: {role} {text!r} is not in the vocabulary of {json_path}")
+                raise TokenizerFileError(f"{config_path}: {role} {text!r} is not in the vocabulary of {json_path}")
             return tid
 
         eod = token_id(config.get("eos_token"), "eos_token")
         if eod is None:
-            raise ValueError(f"{config_path}: no eos_token (the end-of-document role) for {json_path}")
+            raise TokenizerFileError(f"{config_path}: no eos_token (the end-of-document role) for {json_path}")
         pad = token_id(config.get("pad_token"), "pad_token")
         ids = {"eod": eod, "pad": eod if pad is None else pad}
-        for role, text in (("bos", config.get("bos_token")), ("gist", GIST_TEXT), ("eos", EOS_TEXT)):
-            tid = self._tok.token_to_id(text.get("content") if isinstance(text, dict) else text) if text else None
+        for role, text in (("bos", token_text(config.get("bos_token"), "bos_token")), ("gist", GIST_TEXT),
+                           ("eos", EOS_TEXT)):
+            tid = self._tok.token_to_id(text) if text else None
             if tid is not None:
                 ids[role] = tid
         self.bos = ids.get("bos")
@@ -417,20 +435,27 @@ class TokenizerMismatch(ValueError):
     """A tokenizer that is not the one a model or shard was made with."""
 
 
+class TokenizerFileError(ValueError):
+    """A tokenizer file (SentencePiece model, tokenizer.json, tokenizer_config.json) that cannot be
+    read; the message names the file."""
+
+
 # A model directory's record of the tokenizer it was trained with (written by checkpoint
 # export): {"kind", "fingerprint", "vocab_size", "model_file"}; the SentencePiece model or
 # Hugging Face tokenizer.json itself is copied beside it.
 TOKENIZER_RECORD = "tokenizer_info.json"
 SENTENCEPIECE_FILE = "tokenizer.model"
+RECORDED_KINDS = ("gpt2", "bytes", "sentencepiece", "hf")
 
 
 def save_tokenizer(tokenizer: Tokenizer, model_dir: str) -> None:
-    """Record ``tokenizer`` in a model directory (atomic writes; its model file copied in)."""
+    """Record ``tokenizer`` in a model directory (atomic writes; its model file copied in). The
+    caller seals the directory again afterwards (`megacompress.models.pretrained.seal`)."""
     import shutil
 
     from megacompress.atomic import atomic_write, write_text_atomic
 
-    if tokenizer.name not in ("gpt2", "bytes", "sentencepiece", "hf"):
+    if tokenizer.name not in RECORDED_KINDS:
         raise ValueError(f"a {tokenizer.name} tokenizer cannot be recorded in a model directory")
     model_file = None
     if tokenizer.name in ("sentencepiece", "hf"):
@@ -448,18 +473,40 @@ def save_tokenizer(tokenizer: Tokenizer, model_dir: str) -> None:
     write_text_atomic(os.path.join(model_dir, TOKENIZER_RECORD), json.dumps(record, indent=2) + "\n")
 
 
+def read_tokenizer_record(model_dir: str) -> dict | None:
+    """A model directory's `TOKENIZER_RECORD`, checked, with ``model_file`` resolved inside the
+    directory (the record may come from someone else); None when there is none."""
+    from megacompress.integrity import IntegrityError, resolve_inside
+
+    path = os.path.join(model_dir, TOKENIZER_RECORD)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"{path}: not valid JSON ({exc})") from None
+    if (not isinstance(record, dict) or record.get("kind") not in RECORDED_KINDS
+            or not isinstance(record.get("fingerprint"), str)):
+        raise IntegrityError(f"{path}: not a tokenizer record (needs \"kind\" one of {', '.join(RECORDED_KINDS)} "
+                             "and a \"fingerprint\" string)")
+    model_file = record.get("model_file")
+    if model_file is not None:
+        record["model_file"] = str(resolve_inside(model_dir, model_file, source=path))
+    elif record["kind"] in ("sentencepiece", "hf"):
+        raise IntegrityError(f"{path}: a {record['kind']} tokenizer record names no model_file")
+    return record
+
+
 def model_tokenizer(model_dir: str) -> Tokenizer:
     """The tokenizer a model directory carries: its `TOKENIZER_RECORD` (an exported training
     run), else its ``tokenizer.json`` (an imported model), else GPT-2 with a warning."""
-    record_path = os.path.join(model_dir, TOKENIZER_RECORD)
-    if os.path.isfile(record_path):
-        with open(record_path) as f:
-            record = json.load(f)
-        model_file = record.get("model_file")
-        tokenizer = build_tokenizer(record["kind"], os.path.join(model_dir, model_file) if model_file else None)
+    record = read_tokenizer_record(model_dir)
+    if record is not None:
+        tokenizer = build_tokenizer(record["kind"], record["model_file"])
         if tokenizer.fingerprint() != record["fingerprint"]:
-            raise TokenizerMismatch(f"{record_path}: the tokenizer files beside it do not match the recorded "
-                                    "fingerprint")
+            raise TokenizerMismatch(f"{os.path.join(model_dir, TOKENIZER_RECORD)}: the tokenizer files beside it do "
+                                    "not match the recorded fingerprint")
         return tokenizer
     if os.path.isfile(os.path.join(model_dir, TOKENIZER_JSON)):
         return HFTokenizer(model_dir)
@@ -471,15 +518,12 @@ def model_tokenizer(model_dir: str) -> Tokenizer:
 
 def check_model_tokenizer(model_dir: str, tokenizer: Tokenizer) -> None:
     """Refuse a tokenizer other than the one ``model_dir`` records (garbage text otherwise)."""
-    record_path = os.path.join(model_dir, TOKENIZER_RECORD)
-    if not os.path.isfile(record_path):
-        return
-    with open(record_path) as f:
-        record = json.load(f)
-    if record["fingerprint"] != tokenizer.fingerprint():
+    record = read_tokenizer_record(model_dir)
+    if record is not None and record["fingerprint"] != tokenizer.fingerprint():
         raise TokenizerMismatch(f"--tokenizer {tokenizer.name} (fingerprint {tokenizer.fingerprint()[:12]}) is not the "
                          f"tokenizer {model_dir} was trained with ({record['kind']}, fingerprint "
-                         f"{record['fingerprint'][:12]}, {record_path}); leave --tokenizer out to use it")
+                         f"{record['fingerprint'][:12]}, {os.path.join(model_dir, TOKENIZER_RECORD)}); leave "
+                         "--tokenizer out to use it")
 
 
 def train_sentencepiece(

@@ -14,9 +14,13 @@ complete or absent; no pickles, safe to open from anywhere):
   instruction (``key`` = sha256 of the instruction text, 32 hex digits);
 * ``index.json``: ``format``, ``model`` (``model_hash`` = sha256 of the model's
   ``config.json`` + ``model.safetensors``, its path), ``k``, the tokenizer fingerprint,
-  dtype, and per key the instruction, ``prefix_len`` and its token count.
+  dtype, the ``digest`` (sha256) of ``gists.safetensors``, and per key the instruction and
+  ``prefix_len``.
 
-`GistCache.open` refuses a cache made by another model or for another k, naming both.
+A cache may come from someone else: `GistCache` refuses one made by another model, for
+another k, tokenizer or dtype, and checks every field of the index and the name, shape and
+dtype of every tensor (and the tensor file's digest) before the first entry is used, naming
+the file and the problem.
 A cache holds the K/V of all heads, whatever the tensor-parallel size that made it or serves
 it (`GistEntry.local_heads`).
 """
@@ -26,21 +30,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from megacompress.atomic import atomic_write, write_text_atomic
 from megacompress.data.instruction_dataset import InstructionFormat
 from megacompress.generation.generate import length_batches
+from megacompress.integrity import IntegrityError, check_digest, digest_file
 from megacompress.models import pretrained
 from megacompress.parallel import sharding, state
 
-FORMAT = 1
+FORMAT = 2  # 2: the index records the tensor file's digest
 INDEX, TENSORS = "index.json", "gists.safetensors"
+_KEY = re.compile(r"[0-9a-f]{32}")
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
 
 
 class GistCacheError(ValueError):
@@ -142,8 +151,10 @@ def save_cache(path: str | os.PathLike, instructions: list[str], entries: list[G
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / TENSORS), metadata={"format": "megacompress-gist-cache"})
-    (tmp / INDEX).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    # atomic_write for the permissions a plain open() gives (the directory rename is what is atomic)
+    atomic_write(tmp / TENSORS, lambda t: save_file(tensors, t, metadata={"format": "megacompress-gist-cache"}))
+    meta["digest"] = digest_file(tmp / TENSORS)
+    write_text_atomic(tmp / INDEX, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
@@ -151,25 +162,88 @@ def save_cache(path: str | os.PathLike, instructions: list[str], entries: list[G
 
 
 class GistCache:
-    """A stored cache, checked against the model that will use it."""
+    """A stored cache, checked against the model that will use it (module docstring)."""
 
-    def __init__(self, path: str | os.PathLike, *, model_hash: str, k: int):
+    def __init__(self, path: str | os.PathLike, model, *, model_hash: str, tokenizer_fingerprint: str):
         self.path = Path(path)
+        index = self.path / INDEX
         try:
-            self.meta = json.loads((self.path / INDEX).read_text())
+            self.meta = json.loads(index.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise GistCacheError(f"{self.path}: not a gist cache ({INDEX} missing)") from None
-        except json.JSONDecodeError as exc:
-            raise GistCacheError(f"{self.path / INDEX}: not valid JSON ({exc})") from None
-        if self.meta.get("format") != FORMAT:
-            raise GistCacheError(f"{self.path}: cache format {self.meta.get('format')!r}, this code reads {FORMAT}")
-        made_by = self.meta["model"]
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise GistCacheError(f"{index}: not valid JSON ({exc})") from None
+        self._check_index(model, model_hash, tokenizer_fingerprint)
+        self._file = self._open_tensors(model)
+
+    def _check_index(self, model, model_hash: str, tokenizer_fingerprint: str) -> None:
+        index, meta, config = self.path / INDEX, self.meta, model.config
+        if not isinstance(meta, dict):
+            raise GistCacheError(f"{index}: not a JSON object")
+        if meta.get("format") != FORMAT:
+            raise GistCacheError(f"{self.path}: cache format {meta.get('format')!r}, this code reads {FORMAT} "
+                                 "(compute it again with `python -m megacompress.gist compress`)")
+        made_by = meta.get("model")
+        if not isinstance(made_by, dict) or not isinstance(made_by.get("model_hash"), str):
+            raise GistCacheError(f"{index}: no model.model_hash (the model the cache was made by)")
         if made_by["model_hash"] != model_hash:
-            raise GistCacheError(f"{self.path}: made by another model ({made_by['path']}, hash "
+            raise GistCacheError(f"{self.path}: made by another model ({made_by.get('path')}, hash "
                                  f"{made_by['model_hash'][:12]}); this model's hash is {model_hash[:12]}")
-        if self.meta["k"] != k:
-            raise GistCacheError(f"{self.path}: made with k={self.meta['k']} gist tokens, this model uses k={k}")
-        self._file = safe_open(str(self.path / TENSORS), framework="pt")
+        k = meta.get("k")
+        if type(k) is not int:
+            raise GistCacheError(f"{index}: k {k!r} is not a number of gist tokens")
+        if k != config.gist_tokens:
+            raise GistCacheError(f"{self.path}: made with k={k} gist tokens, this model uses k={config.gist_tokens}")
+        recorded = meta.get("tokenizer_fingerprint")
+        if recorded is not None and recorded != tokenizer_fingerprint:
+            raise GistCacheError(f"{self.path}: made with another tokenizer (fingerprint {str(recorded)[:12]}); "
+                                 f"this one's is {tokenizer_fingerprint[:12]}")
+        entries = meta.get("entries")
+        if not isinstance(entries, dict):
+            raise GistCacheError(f"{index}: no entries object")
+        dtype = model.output_weight.dtype
+        if meta.get("dtype") != str(dtype).removeprefix("torch.") and entries:
+            raise GistCacheError(f"{index}: dtype {meta.get('dtype')!r}, this model computes in "
+                                 f"{str(dtype).removeprefix('torch.')}")
+        if not isinstance(meta.get("digest"), str):
+            raise GistCacheError(f"{index}: no digest of {TENSORS}")
+        for key, entry in entries.items():
+            if not _KEY.fullmatch(key):
+                raise GistCacheError(f"{index}: entry {key[:60]!r} is not a 32-hex-digit instruction key")
+            if not isinstance(entry, dict) or not isinstance(entry.get("instruction"), str):
+                raise GistCacheError(f"{index}: entry {key} has no instruction text")
+            if instruction_key(entry["instruction"]) != key:
+                raise GistCacheError(f"{index}: entry {key} holds an instruction whose key is "
+                                     f"{instruction_key(entry['instruction'])}")
+            prefix_len = entry.get("prefix_len")
+            if type(prefix_len) is not int or not k < prefix_len < config.max_seq_len:
+                raise GistCacheError(f"{index}: entry {key}: prefix_len {prefix_len!r} must be a whole number of "
+                                     f"tokens above k={k} and below the model's max_seq_len {config.max_seq_len}")
+
+    def _open_tensors(self, model):
+        """``gists.safetensors``, opened after its digest, names, shapes and dtypes are checked."""
+        path = self.path / TENSORS
+        try:
+            check_digest(path, self.meta["digest"])
+            tensors = safe_open(str(path), framework="pt")
+        except FileNotFoundError:
+            raise GistCacheError(f"{path}: missing") from None
+        except (IntegrityError, SafetensorError) as exc:
+            raise GistCacheError(f"{path}: unusable ({exc})") from None
+        expected = {f"{key}.{side}" for key in self.meta["entries"] for side in "kv"}
+        names = set(tensors.keys())
+        if names != expected:
+            raise GistCacheError(f"{path}: tensors do not match {INDEX}: missing {sorted(expected - names)[:4]}, "
+                                 f"unexpected {sorted(names - expected)[:4]}")
+        config = model.config
+        shape = [config.num_layers, config.num_kv_heads, config.gist_tokens, config.head_dim]
+        dtype = _SAFETENSORS_DTYPES.get(model.output_weight.dtype)
+        for name in sorted(names):
+            found = tensors.get_slice(name)
+            if found.get_shape() != shape or found.get_dtype() != dtype:
+                raise GistCacheError(f"{path}: {name} is {found.get_dtype()} {found.get_shape()}, this model needs "
+                                     f"{dtype} {shape} ([layers, kv heads, k, head_dim])")
+        return tensors
 
     def __contains__(self, instruction: str) -> bool:
         return instruction_key(instruction) in self.meta["entries"]

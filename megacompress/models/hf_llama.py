@@ -34,6 +34,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from megacompress.atomic import atomic_write, write_text_atomic
@@ -115,11 +116,30 @@ def _split_qkv(qkv: torch.Tensor, config: ModelConfig) -> tuple[torch.Tensor, to
     return (t.reshape(-1, qkv.shape[1]) for t in (q, k, v))
 
 
+def _hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every HF tensor of a Llama with ``config``."""
+    h, f, v = config.hidden_size, config.ffn_hidden_size, config.vocab_size
+    q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    shapes = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,), "lm_head.weight": (v, h)}
+    layer = {"input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
+             "self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h),
+             "self_attn.v_proj.weight": (kv, h), "self_attn.o_proj.weight": (h, q),
+             "mlp.gate_proj.weight": (f, h), "mlp.up_proj.weight": (f, h), "mlp.down_proj.weight": (h, f)}
+    for i in range(config.num_layers):
+        shapes.update({f"model.layers.{i}.{name}": shape for name, shape in layer.items()})
+    return shapes
+
+
 def from_hf_state(hf: dict[str, torch.Tensor], config: ModelConfig, source: str) -> dict[str, torch.Tensor]:
-    """HF tensor names/layout -> ours (fp32); missing or unexpected tensors are an error."""
+    """HF tensor names/layout -> ours (fp32); missing, unexpected or misshapen tensors are an error."""
     hf = dict(hf)
     if config.tie_embeddings:
         hf.pop("lm_head.weight", None)  # some tied checkpoints store the shared table twice
+    wrong = [f"{name} {tuple(hf[name].shape)}, the config needs {shape}"
+             for name, shape in _hf_shapes(config).items() if name in hf and tuple(hf[name].shape) != shape]
+    if wrong:  # a config.json edited apart from its tensors (e.g. num_key_value_heads)
+        raise ConversionError(f"{source}: tensors do not match the config: " + "; ".join(wrong[:4])
+                              + (f"; and {len(wrong) - 4} more" if len(wrong) > 4 else ""))
     try:
         out = {"embed.weight": hf.pop("model.embed_tokens.weight"), "norm.weight": hf.pop("model.norm.weight")}
         if not config.tie_embeddings:
@@ -164,6 +184,7 @@ def write_model(tensors: dict[str, torch.Tensor], config: ModelConfig, out_dir: 
     atomic_write(out_dir / pretrained.WEIGHTS_NAME,
                  lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     write_text_atomic(out_dir / pretrained.CONFIG_NAME, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    pretrained.seal(out_dir)
     load_pretrained(out_dir)  # names and shapes against the model class (an error names the file)
     return out_dir
 
@@ -174,7 +195,10 @@ def _read_safetensors_dir(directory: Path) -> dict[str, torch.Tensor]:
         raise ConversionError(f"{directory}: no *.safetensors files (PyTorch .bin checkpoints are not read)")
     tensors = {}
     for file in files:
-        tensors.update(load_file(file))
+        try:
+            tensors.update(load_file(file))
+        except (SafetensorError, OSError) as exc:
+            raise ConversionError(f"{file}: not a readable safetensors file ({exc})") from None
     return tensors
 
 
@@ -209,7 +233,14 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
                               "has no Llama equivalent (its masks are not causal)")
     if not (model_dir / TOKENIZER_JSON).is_file():
         raise ConversionError(f"{model_dir / TOKENIZER_JSON}: not found; export-hf needs the model's tokenizer")
-    tensors = to_hf_state(load_file(model_dir / pretrained.WEIGHTS_NAME), config)
+    pretrained.verify(model_dir)
+    weights = model_dir / pretrained.WEIGHTS_NAME
+    try:
+        tensors = to_hf_state(load_file(weights), config)
+    except (SafetensorError, OSError) as exc:
+        raise ConversionError(f"{weights}: not a readable safetensors file ({exc})") from None
+    except KeyError as exc:
+        raise ConversionError(f"{weights}: tensor {exc.args[0]} is missing") from None
     tokenizer = HFTokenizer(str(model_dir))
     roles = {role: tokenizer.special_ids.get(role) for role in ("bos", "eod", "pad")}
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -104,11 +104,12 @@ def load_pretrained(directory: str | Path, *, config: ModelConfig | None = None,
 
     if not state.is_initialized():  # a notebook or CLI user need not set up process groups
         state.initialize()
+    pretrained.verify(directory)  # digests first: a corrupt file is named before it is parsed
     saved = pretrained.load_config(directory, expected=config)
     cls = get_architecture(saved.architecture).model_class
     if expected is not None and not issubclass(cls, expected):
         raise ConfigError(f"{Path(directory) / pretrained.CONFIG_NAME}: architecture {saved.architecture!r} "
                           f"is not a {expected.__name__}")
     model = cls(saved)
-    pretrained.load_weights(model, directory)
+    pretrained.load_weights(model, directory, verified=True)
     return model

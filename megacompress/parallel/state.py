@@ -59,12 +59,16 @@ class Layout:
         return self.data_parallel_groups[rank % self.tensor_parallel_size]
 
 
+class LayoutError(ValueError):
+    """A world size and tensor-parallel size that do not form a layout (a user error)."""
+
+
 def compute_layout(world_size: int, tensor_parallel_size: int) -> Layout:
     """Megatron's rank layout: TP ranks contiguous, DP ranks strided by ``tp``."""
     if world_size < 1 or tensor_parallel_size < 1:
-        raise ValueError(f"world_size ({world_size}) and tensor_parallel_size ({tensor_parallel_size}) must be >= 1")
+        raise LayoutError(f"world_size ({world_size}) and tensor_parallel_size ({tensor_parallel_size}) must be >= 1")
     if world_size % tensor_parallel_size:
-        raise ValueError(
+        raise LayoutError(
             f"world size {world_size} is not divisible by tensor_parallel_size {tensor_parallel_size}"
         )
     tp, dp = tensor_parallel_size, world_size // tensor_parallel_size

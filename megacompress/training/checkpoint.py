@@ -8,14 +8,27 @@ Layout of a checkpoint root (``checkpoint.dir``)::
         mp_rank_00_model_states.pt                    DeepSpeed: module, scheduler, engine counters
         zero_pp_rank_{d}_mp_rank_{t}_optim_states.pt  DeepSpeed: ZeRO optimizer shard per rank
         rng_rank{r:05d}.pt       ours: python / numpy / torch RNG state of global rank r
-        manifest.json            ours, written last: train state, configs, every file's size
-      global_step40.tmp/         a write in progress (or a killed one: ignored and removed)
+        manifest.json            ours, written last: train state, configs, every file's size and sha256
+      global_step40.tmp/         a write in progress (or a killed one: removed when a run takes the directory)
+      superseded-TIME/           checkpoints of an earlier run set aside by checkpoint.start_over
       zero_to_fp32.py            DeepSpeed's consolidation script
 
 Commit protocol (a kill at any point leaves the previous checkpoint loadable):
-every rank writes into ``TAG.tmp``; barrier; rank 0 writes ``manifest.json`` (atomic),
-renames ``TAG.tmp`` -> ``TAG``, then replaces ``latest`` (temp file + ``os.replace``),
-then deletes checkpoints beyond the newest ``keep_last``; barrier.
+every rank writes into ``TAG.tmp``; barrier; rank 0 hashes every file and writes
+``manifest.json`` (atomic), renames ``TAG.tmp`` -> ``TAG``, then replaces ``latest`` (temp
+file + ``os.replace``), then deletes checkpoints beyond the newest ``keep_last``; barrier.
+A save deletes only its own ``TAG.tmp``; leftovers of killed writes are removed by
+`CheckpointManager.remove_stale` once the trainer holds the run's lock (`run_lock`).
+
+``latest`` is a tag inside its own directory and nothing else (`read_latest`): missing,
+empty, not a ``global_stepN`` name or naming a directory that does not exist while committed
+checkpoints are there is an error naming the newest committed step and how to resume from it
+(``checkpoint.load_tag``) or start over (``checkpoint.start_over``); a run never silently
+restarts over an earlier run's checkpoints.
+
+Received checkpoints are untrusted: every file is read through `safe_load.guarded_torch_load`
+(its bytes checked against the manifest's sha256, then unpickled without running code), also
+inside DeepSpeed's own loaders.
 
 Loading verifies the manifest first: a missing or truncated file is an error naming it,
 a model config that differs from the running one is refused with the differing keys, and so
@@ -39,6 +52,7 @@ import pickle
 import re
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,13 +66,17 @@ from deepspeed.checkpoint.constants import (AUTOTP_UNSUPPORTED_PARAMETER_PATTERN
                                             VOCABULARY_PARAMETER_PATTERNS)
 
 from megacompress.atomic import atomic_write, write_text_atomic
+from megacompress.integrity import check_digest, digest_files
 from megacompress.data.builder import DataConfigError, parse_data_path
 from megacompress.models.config import ModelConfig
 from megacompress.parallel import state as parallel_state
 from megacompress.parallel.layers import VocabParallelEmbedding
+from megacompress.training.safe_load import UnsafeCheckpointError, guarded_torch_load
 
 MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 2  # 2: "digests" (sha256 of every file) beside "files" (sizes)
 LATEST = "latest"
+SUPERSEDED = "superseded-"
 TAG_RE = re.compile(r"^global_step(\d+)$")
 # Test hook: seconds rank 0 sleeps between the ranks' writes and the commit (rename).
 SLEEP_BEFORE_COMMIT_ENV = "MEGACOMPRESS_CKPT_SLEEP_BEFORE_COMMIT"
@@ -107,28 +125,74 @@ def rng_file(rank: int) -> str:
     return f"rng_rank{rank:05d}.pt"
 
 
-def read_latest(root: Path) -> str | None:
-    """The committed tag ``latest`` points to, or None when there is no checkpoint yet."""
-    path = Path(root) / LATEST
-    if not path.exists():
-        return None
-    tag = path.read_text().strip()
-    if not (Path(root) / tag).is_dir():
-        raise CheckpointError(f"{path} points to {tag!r}, but {Path(root) / tag} does not exist")
-    return tag
+def committed_tags(root: Path) -> list[str]:
+    """``global_stepN`` directories of ``root`` holding a manifest (committed), oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    steps = sorted(int(m.group(1)) for p in root.iterdir()
+                   if (m := TAG_RE.match(p.name)) and (p / MANIFEST).is_file())
+    return [tag_for(step) for step in steps]
+
+
+def read_latest(root: Path, *, how_to_resume: str = "pass --tag {tag}", name: str = LATEST) -> str | None:
+    """The committed tag ``root/latest`` names; None when ``root`` holds no committed checkpoint.
+
+    ``latest`` must hold a ``global_stepN`` tag of a directory inside ``root``. A missing,
+    empty, unreadable or foreign ``latest`` while committed checkpoints exist is a
+    `CheckpointError` naming the newest one, with ``how_to_resume`` (``{tag}`` filled in).
+    """
+    root = Path(root)
+    path = root / name
+    tags = committed_tags(root)
+    if not path.is_file():
+        if not tags:
+            return None
+        problem = "is missing"
+    else:
+        try:
+            tag = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            tag, problem = None, f"is unreadable ({exc})"
+        else:
+            if not tag:
+                problem = "is empty"
+            elif not TAG_RE.match(tag):
+                problem = f"holds {tag[:80]!r}, which is not a checkpoint tag (global_stepN) inside {root}"
+            elif not (root / tag).is_dir():
+                problem = f"points to {tag!r}, but {root / tag} does not exist"
+            else:
+                return tag
+    if not tags:
+        raise CheckpointError(f"{path} {problem}, and {root} holds no committed checkpoint")
+    raise CheckpointError(f"{path} {problem}; the newest committed checkpoint is {root / tags[-1]}: to resume from "
+                          f"it {how_to_resume.format(tag=tags[-1])}")
 
 
 def read_manifest(ckpt_dir: Path) -> dict[str, Any]:
-    """Load and verify ``ckpt_dir/manifest.json``: every listed file exists with its size."""
+    """Load ``ckpt_dir/manifest.json`` and check that every listed file exists with its size
+    (contents are checked against the digests when a file is read, `manifest_digests`)."""
     ckpt_dir = Path(ckpt_dir)
     path = ckpt_dir / MANIFEST
     if not path.is_file():
         raise CheckpointError(f"checkpoint {ckpt_dir} is incomplete or not ours: {path} is missing")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        sizes = {name: int(size) for name, size in manifest["files"].items()}
+        digests = manifest.get("digests", {})
+        TrainState(**manifest["train_state"])
+        if not (isinstance(manifest["model_config"], dict) and isinstance(manifest["train_config"], dict)
+                and isinstance(manifest["world_size"], int)):
+            raise TypeError("model_config, train_config or world_size has the wrong type")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint manifest {path} is corrupt: {exc}") from None
-    for name, size in manifest["files"].items():
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"checkpoint manifest {path} is corrupt: {type(exc).__name__} {exc}") from None
+    if not isinstance(digests, dict) or set(digests) - set(sizes):
+        raise CheckpointError(f"checkpoint manifest {path} is corrupt: its digests name files it does not list")
+    for name, size in sizes.items():
+        if name.startswith("/") or ".." in Path(name).parts:
+            raise CheckpointError(f"checkpoint manifest {path} lists {name!r}, which is not a file inside {ckpt_dir}")
         file = ckpt_dir / name
         if not file.is_file():
             raise CheckpointError(f"checkpoint file {file} is missing (listed in {path})")
@@ -136,6 +200,33 @@ def read_manifest(ckpt_dir: Path) -> dict[str, Any]:
         if actual != size:
             raise CheckpointError(f"checkpoint file {file} is corrupt: {actual} bytes, expected {size} "
                                   f"(truncated or overwritten)")
+    return manifest
+
+
+def manifest_digests(ckpt_dir: Path, manifest: dict[str, Any]) -> dict[str, str | None]:
+    """Real path -> recorded digest of every file the manifest lists (None for manifests
+    written before digests were recorded: those load with a warning, sizes checked only)."""
+    digests = manifest.get("digests")
+    if digests is None:
+        warnings.warn(f"checkpoint {ckpt_dir} was saved before checkpoints recorded digests: its files' sizes are "
+                      "checked, their contents are not")
+        digests = {}
+    return {os.path.realpath(Path(ckpt_dir) / name): digests.get(name) for name in manifest["files"]}
+
+
+def verify_checkpoint(ckpt_dir: Path) -> dict[str, Any]:
+    """`read_manifest`, then every file's digest and a restricted load of every ``.pt`` file
+    (what ``convert_checkpoint.py verify`` runs). Returns the manifest."""
+    ckpt_dir = Path(ckpt_dir)
+    manifest = read_manifest(ckpt_dir)
+    digests = manifest_digests(ckpt_dir, manifest)
+    with guarded_torch_load(digests):
+        for name in sorted(manifest["files"]):
+            file = ckpt_dir / name
+            if name.endswith(".pt"):
+                torch.load(file)  # digest of the bytes read + restricted unpickling
+            elif digests[os.path.realpath(file)]:
+                check_digest(file, digests[os.path.realpath(file)])
     return manifest
 
 
@@ -185,11 +276,13 @@ def run_defining(train_config: dict[str, Any], allowed=()) -> dict[str, Any]:
 
 
 def _load_rng(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, weights_only=True)  # our own format: nothing to unpickle
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: not a megacompress RNG state (written by an older version?): "
-                              f"{str(exc).splitlines()[0]}") from None
+    try:  # within `load`'s `guarded_torch_load` the digest is checked too
+        rng = torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, UnsafeCheckpointError) as exc:
+        raise CheckpointError(f"{path}: not a megacompress RNG state: {str(exc).splitlines()[0]}") from None
+    if not isinstance(rng, dict):
+        raise CheckpointError(f"{path}: not a megacompress RNG state")
+    return rng
 
 
 def _with_defaults(model_config: dict[str, Any]) -> dict[str, Any]:
@@ -256,16 +349,22 @@ def list_files(ckpt_dir: Path) -> dict[str, int]:
             if p.is_file() and p.name != MANIFEST}
 
 
+def file_records(ckpt_dir: Path) -> dict[str, dict[str, Any]]:
+    """The manifest's ``files`` (sizes) and ``digests`` (sha256) of every file below ``ckpt_dir``."""
+    files = list_files(ckpt_dir)
+    return {"files": files, "digests": digest_files(ckpt_dir, list(files))}
+
+
 def write_manifest(ckpt_dir: Path, *, state: TrainState, model_config: dict[str, Any],
                    train_config: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
     manifest = {
-        "format": 1,
+        "format": MANIFEST_FORMAT,
         "train_state": vars(state),
         "model_config": model_config,
         "train_config": train_config,
         "world_size": _world(),
         **(extra or {}),
-        "files": list_files(ckpt_dir),
+        **file_records(ckpt_dir),
     }
     write_text_atomic(ckpt_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
 
@@ -282,6 +381,27 @@ class CheckpointManager:
             return []
         return sorted(int(m.group(1)) for p in self.root.iterdir() if (m := TAG_RE.match(p.name)) and p.is_dir())
 
+    def remove_stale(self) -> list[str]:
+        """Delete ``*.tmp`` leftovers of killed writes (call only while holding the run's lock:
+        then no other live run is writing here). Returns their names."""
+        stale = sorted(self.root.glob("*.tmp")) if self.root.is_dir() else []
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
+        return [p.name for p in stale]
+
+    def set_aside(self) -> Path | None:
+        """Move an earlier run's checkpoints and ``latest`` into ``ROOT/superseded-TIME/``
+        (``checkpoint.start_over``: nothing is deleted). Returns that directory, or None."""
+        tags = [tag_for(step) for step in self.committed_steps()]
+        if not tags and not (self.root / LATEST).exists():
+            return None
+        aside = self.root / f"{SUPERSEDED}{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+        aside.mkdir()
+        for name in [*tags, LATEST]:
+            if (self.root / name).exists():
+                os.rename(self.root / name, aside / name)
+        return aside
+
     def save(self, engine, state: TrainState, *, model_config: dict[str, Any], train_config: dict[str, Any],
              rng_state: dict[str, Any]) -> Path:
         """Collective: every rank must call it. Returns the committed checkpoint directory."""
@@ -290,8 +410,7 @@ class CheckpointManager:
         rank = _rank()
         if rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
-            for stale in self.root.glob("*.tmp"):  # uncommitted leftovers of a killed write
-                shutil.rmtree(stale)
+            shutil.rmtree(tmp, ignore_errors=True)  # this step's own killed write, if any
         _barrier()
         # DeepSpeed writes this module attribute into mp_rank_*_model_states.pt (client_state
         # may not carry the key); ds_to_universal reads it from there.
@@ -356,12 +475,13 @@ class CheckpointManager:
                 "with checkpoint.load_universal=true")
         if universal and manifest.get("universal_checkpoint_info"):
             check_vocabulary_rows(ckpt_dir, manifest["universal_checkpoint_info"], engine.module)
-        path, _ = engine.load_checkpoint(str(load_dir), tag=tag, load_module_strict=True,
-                                         load_lr_scheduler_states=False)
-        if path is None:
-            raise CheckpointError(f"DeepSpeed could not load checkpoint {ckpt_dir}")
-        rng_path = ckpt_dir / rng_file(_rank())
-        rng = {} if universal or not rng_path.exists() else _load_rng(rng_path)
+        with guarded_torch_load(manifest_digests(ckpt_dir, manifest)):  # DeepSpeed's loads included
+            path, _ = engine.load_checkpoint(str(load_dir), tag=tag, load_module_strict=True,
+                                             load_lr_scheduler_states=False)
+            if path is None:
+                raise CheckpointError(f"DeepSpeed could not load checkpoint {ckpt_dir}")
+            rng_path = ckpt_dir / rng_file(_rank())
+            rng = {} if universal or not rng_path.exists() else _load_rng(rng_path)
         return TrainState(**manifest["train_state"]), rng
 
 

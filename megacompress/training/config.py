@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 import warnings
@@ -114,9 +115,14 @@ class CheckpointSection:
     """``dir`` defaults to ``RUN_DIR/checkpoints``; ``interval`` 0 = only at the end and on signals.
     ``resume``: load ``latest`` from ``dir`` when it exists; otherwise start from ``load_dir`` /
     ``load_tag`` if given (``load_universal``: a universal checkpoint made by
-    ``tools/convert_checkpoint.py to-universal``). ``allow_changes``: dotted keys or section
-    names (``[schedule.train_steps, data]``) whose value may differ from the checkpoint's run;
-    any other change of a run-defining key (`checkpoint.RUN_KEYS`) refuses the resume."""
+    ``tools/convert_checkpoint.py to-universal``); ``load_tag`` without ``load_dir``: that tag
+    of ``dir`` (to resume when ``latest`` is unusable). ``start_over``: start from step 0 (or
+    ``load_dir``) although ``dir`` holds an earlier run's committed checkpoints that cannot or
+    should not be resumed (``latest`` unusable, or ``resume=false``); they are moved to
+    ``dir/superseded-TIME/``. Without it such a start is refused (docs/training.md, "latest").
+    ``allow_changes``: dotted keys or section names (``[schedule.train_steps, data]``) whose
+    value may differ from the checkpoint's run; any other change of a run-defining key
+    (`checkpoint.RUN_KEYS`) refuses the resume."""
 
     dir: str = ""
     interval: int = 0
@@ -125,6 +131,7 @@ class CheckpointSection:
     load_dir: str = ""
     load_tag: str = ""
     load_universal: bool = False
+    start_over: bool = False
     allow_changes: list[str] = field(default_factory=list)
 
 
@@ -203,6 +210,8 @@ class TrainConfig:
             (self.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1"),
             (not self.checkpoint.load_universal or bool(self.checkpoint.load_dir),
              "checkpoint.load_universal needs checkpoint.load_dir"),
+            (not self.checkpoint.load_tag or re.fullmatch(r"global_step\d+", self.checkpoint.load_tag) is not None,
+             "checkpoint.load_tag must be a checkpoint tag such as global_step40"),
         ]
         errors = [msg for ok, msg in checks if not ok]
         if errors:

@@ -9,6 +9,12 @@
     size, with ``--set checkpoint.load_dir=OUT_DIR --set checkpoint.load_universal=true``.
     Refused: ZeRO-3 with TP > 1 and parameters listed as not reshardable in the info.
 
+``verify CKPT_DIR [--tag TAG]``
+    Check a received checkpoint without training on it: every file's size and sha256 against
+    its ``manifest.json``, and every ``.pt`` file unpickled restricted (tensors and containers
+    only: nothing it carries runs). Prints the manifest's own sha256, to compare with the one
+    the sender publishes.
+
 ``export CKPT_DIR OUT_DIR [--tag TAG]``
     Consolidated fp32 weights: ``OUT_DIR/model.safetensors`` + ``config.json``, loadable by
     ``megacompress.models.load_pretrained(OUT_DIR)`` at any TP size, for any registered
@@ -46,10 +52,13 @@ from deepspeed.checkpoint.constants import AUTOTP_UNSUPPORTED_PARAMETER_PATTERNS
 
 from megacompress import cli
 from megacompress.atomic import write_text_atomic
+from megacompress.integrity import digest_file
 from megacompress.models.model_io_cli import ConversionError, add_model_commands, run_model_command
 from megacompress.parallel.layers import VocabParallelEmbedding
 from megacompress.progress import progress
-from megacompress.training.checkpoint import MANIFEST, CheckpointError, list_files, read_latest, read_manifest
+from megacompress.training.checkpoint import (MANIFEST, TAG_RE, CheckpointError, committed_tags, file_records,
+                                              manifest_digests, read_latest, read_manifest, verify_checkpoint)
+from megacompress.training.safe_load import guarded_torch_load
 
 
 def _resolve(ckpt_dir: Path, tag: str | None) -> tuple[str, dict]:
@@ -58,19 +67,23 @@ def _resolve(ckpt_dir: Path, tag: str | None) -> tuple[str, dict]:
     tag = tag or read_latest(ckpt_dir)
     if tag is None:
         raise CheckpointError(f"{ckpt_dir} has no 'latest' file (no committed checkpoint); pass --tag")
-    if not (ckpt_dir / tag).is_dir():
-        tags = sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and not p.name.endswith(".tmp"))
+    if not TAG_RE.match(tag) or not (ckpt_dir / tag).is_dir():
+        tags = committed_tags(ckpt_dir)
         raise CheckpointError(f"{ckpt_dir} has no checkpoint tag {tag!r} (it has: {', '.join(tags) or 'none'})")
     return tag, read_manifest(ckpt_dir / tag)
 
 
-def saved_universal_info(tag_dir: Path) -> dict | None:
+def saved_universal_info(tag_dir: Path, manifest: dict) -> dict | None:
     """The ``universal_checkpoint_info`` the checkpoint's first model-states file holds (None for
-    checkpoints saved before it was recorded). Memory-mapped: only the small dict is read."""
+    checkpoints saved before it was recorded)."""
     files = sorted(tag_dir.glob("*mp_rank_00_model_states.pt"))
     if not files:
         raise CheckpointError(f"{tag_dir} has no *mp_rank_00_model_states.pt file")
-    return torch.load(files[0], map_location="cpu", mmap=True, weights_only=True).get(UNIVERSAL_CHECKPOINT_INFO)
+    with guarded_torch_load(manifest_digests(tag_dir, manifest)):
+        states = torch.load(files[0])
+    if not isinstance(states, dict):
+        raise CheckpointError(f"{files[0]}: not a DeepSpeed model-states file")
+    return states.get(UNIVERSAL_CHECKPOINT_INFO)
 
 
 def check_convertible(tag_dir: Path, manifest: dict, info: dict | None) -> None:
@@ -88,19 +101,28 @@ def check_convertible(tag_dir: Path, manifest: dict, info: dict | None) -> None:
 
 def to_universal(ckpt_dir: Path, out_dir: Path, tag: str | None = None) -> Path:
     tag, manifest = _resolve(ckpt_dir, tag)
-    info = saved_universal_info(ckpt_dir / tag)
+    info = saved_universal_info(ckpt_dir / tag, manifest)
     check_convertible(ckpt_dir / tag, manifest, info)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp, final = out_dir / f"{tag}.tmp", out_dir / tag
     shutil.rmtree(tmp, ignore_errors=True)
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ckpt_dir / tag),
-           "--output_folder", str(tmp), "--inject_missing_state", "--num_extract_workers", "1",
-           "--num_merge_workers", "1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # ds_to_universal runs in a child process with every torch.load verified and restricted
+    # (`safe_load.main`); what it writes into tmp and reads back is loaded restricted only.
+    with tempfile.TemporaryDirectory(prefix="to_universal_") as spec_dir:
+        spec = Path(spec_dir) / "spec.json"
+        spec.write_text(json.dumps({"digests": manifest_digests(ckpt_dir / tag, manifest), "scratch": [str(tmp)]}))
+        cmd = [sys.executable, "-m", "megacompress.training.safe_load", str(spec), "--", "--input_folder",
+               str(ckpt_dir / tag), "--output_folder", str(tmp), "--inject_missing_state", "--num_extract_workers",
+               "1", "--num_merge_workers", "1"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        refused = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        if refused:
+            raise CheckpointError(refused[-1].removeprefix("error: "))
         raise CheckpointError(f"ds_to_universal failed on {ckpt_dir / tag}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     # The loader reads the TP layout from here to decide whether a TP change can be resharded.
-    manifest.update(files=list_files(tmp), universal=True, source=str(ckpt_dir / tag),
+    manifest.update(**file_records(tmp), universal=True, source=str(ckpt_dir / tag),
                     universal_checkpoint_info=info)
     write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
     if final.exists():
@@ -120,7 +142,10 @@ def tensor_parallel_rank_state_dict(tag_dir: Path, tp_rank: int, zero_stage: int
         raise CheckpointError(f"{tag_dir} has no files of TP rank {tp_rank} (*mp_rank_{tp_rank:02d}_*)")
     if zero_stage == 0:
         path = tag_dir / f"mp_rank_{tp_rank:02d}_model_states.pt"
-        module = torch.load(path, map_location="cpu", weights_only=True)["module"]
+        states = torch.load(path)  # inside `export`'s guarded_torch_load
+        if not isinstance(states, dict) or not isinstance(states.get("module"), dict):
+            raise CheckpointError(f"{path}: not a DeepSpeed model-states file (no 'module')")
+        module = states["module"]
         low = sorted({str(v.dtype) for v in module.values() if v.is_floating_point() and v.dtype != torch.float32})
         if low:
             raise CheckpointError(f"{path} holds {', '.join(low)} weights (bf16 training under ZeRO-0): its fp32 "
@@ -168,6 +193,7 @@ def merge_tensor_parallel(model: torch.nn.Module, shards: list[dict[str, torch.T
 
 
 def export(ckpt_dir: Path, out_dir: Path, tag: str | None = None) -> Path:
+    from megacompress.models import pretrained
     from megacompress.models.config import ModelConfig
     from megacompress.models.registry import build_model
     from megacompress.parallel import state
@@ -182,8 +208,9 @@ def export(ckpt_dir: Path, out_dir: Path, tag: str | None = None) -> Path:
     if state.get_tensor_parallel_world_size() != 1:  # the merge below fills an unsharded model
         raise CheckpointError("export must run in a process without tensor parallelism (it is a CLI; "
                               "inside a TP run use GPT.save_pretrained)")
-    shards = [tensor_parallel_rank_state_dict(tag_dir, rank, parallel["zero_stage"])
-              for rank in progress(range(tp), desc="TP ranks", enabled=tp > 1)]
+    with guarded_torch_load(manifest_digests(tag_dir, manifest)):  # zero_to_fp32's loads included
+        shards = [tensor_parallel_rank_state_dict(tag_dir, rank, parallel["zero_stage"])
+                  for rank in progress(range(tp), desc="TP ranks", enabled=tp > 1)]
     merged = merge_tensor_parallel(model, shards, tag_dir)
     try:
         model.load_state_dict(merged, strict=True)
@@ -191,6 +218,7 @@ def export(ckpt_dir: Path, out_dir: Path, tag: str | None = None) -> Path:
         raise CheckpointError(f"{tag_dir} does not match its model config: {exc}") from None
     model.save_pretrained(out_dir)
     _save_run_tokenizer(manifest["train_config"].get("tokenizer", {}), out_dir)
+    pretrained.seal(out_dir)  # again: the tokenizer files are part of the export
     return out_dir
 
 
@@ -204,15 +232,25 @@ def _save_run_tokenizer(section: dict, out_dir: Path) -> None:
         print(f"warning: the run's tokenizer is not recorded in {out_dir}: {exc}", file=sys.stderr)
 
 
+def verify(ckpt_dir: Path, tag: str | None = None) -> int:
+    tag, _ = _resolve(ckpt_dir, tag)
+    manifest = verify_checkpoint(ckpt_dir / tag)
+    print(f"{ckpt_dir / tag}: {len(manifest['files'])} files match their sha256 digests and hold only tensors "
+          f"and containers; manifest.json {digest_file(ckpt_dir / tag / MANIFEST)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser("megacompress.training.convert", __doc__.split("\n\n")[0],
                         script="tools/convert_checkpoint.py", epilog="See docs/training.md, 'Checkpoints'.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("to-universal", "DeepSpeed universal checkpoint (resume on another DP size)"),
-                            ("export", "consolidated model.safetensors + config.json")):
+                            ("export", "consolidated model.safetensors + config.json"),
+                            ("verify", "check a received checkpoint: digests of every file, no code in its pickles")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("ckpt_dir", type=Path, help="checkpoint root (holds 'latest' and global_step*/)")
-        p.add_argument("out_dir", type=Path, help="output directory")
+        if name != "verify":
+            p.add_argument("out_dir", type=Path, help="output directory")
         p.add_argument("--tag", help="checkpoint tag, e.g. global_step40 (default: the 'latest' file)")
     add_model_commands(sub)
     args = parser.parse_args(argv)
@@ -221,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             out = to_universal(args.ckpt_dir, args.out_dir, args.tag)
         elif args.command == "export":
             out = export(args.ckpt_dir, args.out_dir, args.tag)
+        elif args.command == "verify":
+            return verify(args.ckpt_dir, args.tag)
         else:
             out = run_model_command(args)
     except (CheckpointError, ConversionError) as exc:

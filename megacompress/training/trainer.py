@@ -27,6 +27,7 @@ import json
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,13 @@ from megacompress.parallel import state
 from megacompress.parallel.grads import grad_norm
 from megacompress.progress import is_interactive, progress
 from megacompress.atomic import write_text_atomic
-from megacompress.training.checkpoint import CheckpointManager, TrainState, engine_precision, read_latest
+from megacompress.training.checkpoint import (CheckpointError, CheckpointManager, TrainState,
+                                              committed_tags, engine_precision, read_latest)
 from megacompress.training.config import TrainConfig, TrainConfigError
 from megacompress.training.ds_config import build_ds_config
 from megacompress.training.metrics import MetricsLogger, memory_stats, peak_flops
 from megacompress.training.rng import get_rng_state, seed_everything, set_rng_state
+from megacompress.training.run_lock import RunDirBusy, RunLock
 from megacompress.training.schedules import BatchSizeRamp, WarmupDecayLR
 from megacompress.training.signals import StopSignal
 
@@ -88,16 +91,30 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
 
 
 class Trainer:
-    """Builds everything from a `TrainConfig` (collective: every rank constructs one)."""
+    """Builds everything from a `TrainConfig` (collective: every rank constructs one).
 
-    def __init__(self, config: TrainConfig, *, stop_at_step: int = 0):
+    ``stop``: the SIGTERM/SIGUSR2 handler, installed by the caller as early as it can (a
+    signal during start-up then still ends in a checkpoint and exit 75); one is made here if
+    not given. Rank 0 holds the run directory's lock (`run_lock`) from here to the end of
+    `train` (or until the object is collected)."""
+
+    def __init__(self, config: TrainConfig, *, stop_at_step: int = 0, stop: StopSignal | None = None):
         self.config = config
         self.stop_at_step = stop_at_step
+        self.stop = stop or StopSignal()
         _default_single_process_env()
         state.initialize(config.parallel.tensor_parallel_size)
-        deepspeed = import_deepspeed()
         self.rank = state.get_rank()
         self.is_main = self.rank == 0
+        self.locks = self._lock_run_dir()
+        try:
+            self._build(config)
+        except BaseException:
+            self.release_locks()  # a refused resume must not keep the directory locked
+            raise
+
+    def _build(self, config: TrainConfig) -> None:
+        deepspeed = import_deepspeed()
         self.dp_size = state.get_data_parallel_world_size()
         self.dp_rank = state.get_data_parallel_rank()
         self.on_gpu = torch.cuda.is_available()
@@ -120,6 +137,8 @@ class Trainer:
         except ValueError as exc:
             raise TrainConfigError(str(exc)) from None
         self.checkpoints = CheckpointManager(config.checkpoint_dir, config.checkpoint.keep_last)
+        if self.is_main and (stale := self.checkpoints.remove_stale()):  # we hold the lock: nobody writes them
+            warnings.warn(f"removed unfinished checkpoint writes of an earlier run: {', '.join(stale)}")
         source = self._resume_source()
         self.ds_config = build_ds_config(config, self.dp_size, on_gpu=self.on_gpu, global_batch_size=self.ramp(0),
                                          load_universal=source is not None and source[2])
@@ -142,6 +161,38 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ setup
+    def _lock_run_dir(self) -> list[RunLock]:
+        """Rank 0 locks RUN_DIR (and the checkpoint directory when it lies outside); every rank
+        learns whether that worked (one all-reduce) and a busy directory is a user error on all."""
+        locks, error = [], ""
+        if self.is_main:
+            run_dir, ckpt_dir = Path(self.config.run_dir).resolve(), Path(self.config.checkpoint_dir).resolve()
+            dirs = [(run_dir, "logging.run_dir")]
+            if run_dir != ckpt_dir and run_dir not in ckpt_dir.parents:
+                dirs.append((ckpt_dir, "checkpoint.dir"))
+            try:
+                for directory, what in dirs:
+                    lock = RunLock(directory, what)
+                    note = lock.acquire()
+                    locks.append(lock)
+                    if note:
+                        warnings.warn(note)
+            except RunDirBusy as exc:
+                for lock in locks:
+                    lock.release()
+                locks, error = [], str(exc)
+        busy = torch.tensor([1 if error else 0], dtype=torch.int32)
+        if state.get_world_size() > 1:
+            dist.all_reduce(busy.cuda() if dist.get_backend() == "nccl" else busy, op=dist.ReduceOp.MAX)
+        if error or busy.item():
+            raise TrainConfigError(error or "rank 0 could not lock the run directory (see its error)")
+        return locks
+
+    def release_locks(self) -> None:
+        for lock in self.locks:
+            lock.release()
+        self.locks = []
+
     def _build_datasets(self, tokenizer):
         cfg = self.config
         if tokenizer.vocab_size > self.model_config.vocab_size:
@@ -181,10 +232,39 @@ class Trainer:
 
     def _resume_source(self) -> tuple[Path, str, bool] | None:
         """(dir, tag, universal) to load: own ``latest`` first (a requeued run continues its own
-        progress), else ``checkpoint.load_dir``; None to start from scratch."""
-        ck = self.config.checkpoint
-        if ck.resume and (own := read_latest(self.checkpoints.root)):
-            return self.checkpoints.root, own, False
+        progress), else ``checkpoint.load_tag`` of the own directory, else ``checkpoint.load_dir``;
+        None to start from scratch. Committed checkpoints of an earlier run that would not be
+        resumed (``latest`` unusable, or ``resume=false``) refuse the start unless
+        ``checkpoint.start_over`` (they are then moved aside, see `CheckpointManager.set_aside`)."""
+        ck, root = self.config.checkpoint, self.checkpoints.root
+        own_tag = ck.load_tag if ck.load_tag and not ck.load_dir else ""
+        try:
+            own = read_latest(root, how_to_resume="rerun with --set checkpoint.load_tag={tag}, or start over with "
+                                                 "--set checkpoint.start_over=true (the earlier checkpoints are "
+                                                 f"moved to {root}/superseded-TIME/)") if ck.resume else None
+        except CheckpointError:
+            if not (own_tag or ck.start_over):
+                raise
+            own = None
+        if own:
+            return root, own, False
+        if own_tag:
+            if not (root / own_tag).is_dir():
+                raise TrainConfigError(f"checkpoint.load_tag {own_tag}: {root / own_tag} does not exist (committed "
+                                       f"checkpoints there: {', '.join(committed_tags(root)) or 'none'})")
+            return root, own_tag, False
+        if committed_tags(root):
+            if not ck.start_over:
+                raise TrainConfigError(
+                    f"checkpoint.resume=false, but {root} holds committed checkpoints of an earlier run (newest "
+                    f"{committed_tags(root)[-1]}) that this run's saves would replace: use another logging.run_dir "
+                    "or checkpoint.dir, or start over with --set checkpoint.start_over=true (they are moved to "
+                    f"{root}/superseded-TIME/)")
+        if ck.start_over:
+            aside = self.checkpoints.set_aside() if self.is_main else None
+            _barrier_all()
+            if aside:
+                warnings.warn(f"checkpoint.start_over: the earlier checkpoints of {root} were moved to {aside}")
         if ck.load_dir:
             load_dir = Path(ck.load_dir)
             pointer = "latest_universal" if ck.load_universal else "latest"
@@ -283,14 +363,16 @@ class Trainer:
         if self.resumed_from:  # replayed steps after a requeue are told apart by this line
             self.metrics.log({"split": "event", "event": "resume", "step": st.step, "checkpoint": self.resumed_from})
         loader = iter(self._loader(self.train_data, self.total_train_samples, st.consumed_samples, self.ramp))
-        stop = StopSignal()
+        stop = self.stop
         # A bar on a terminal; in a log file one plain line per log interval instead.
         show_bar = self.is_main and cfg.logging.progress_bar and is_interactive()
         bar = progress(total=s.train_steps, initial=st.step, desc="train", unit="step", enabled=show_bar)
         last_saved, reason = None, "finished"
         window = LogWindow()
         try:
-            while st.step < s.train_steps:
+            if stop.agreed():  # a signal during start-up: checkpoint now, as at a step boundary
+                reason = "signal"
+            while reason != "signal" and st.step < s.train_steps:
                 record = self._train_step(loader)
                 window.add(record, self.seq_length)
                 if st.step % cfg.logging.log_interval == 0 or st.step == s.train_steps:
@@ -325,6 +407,7 @@ class Trainer:
         if self.is_main:
             _write_exit_status(cfg.run_dir, reason, st.step, last_saved, stop.received)
         self.metrics.close()
+        self.release_locks()
         return TrainResult(reason, st.step, last_saved, self.history)
 
     def next_micro_batches(self, loader) -> list[dict[str, torch.Tensor]]:
@@ -432,10 +515,15 @@ def _default_single_process_env() -> None:
 
 
 def _read_pointer(load_dir: Path, name: str) -> str:
-    path = load_dir / name
-    if not path.is_file():
+    tag = read_latest(load_dir, name=name, how_to_resume="set --set checkpoint.load_tag={tag}")
+    if tag is None:
         raise TrainConfigError(f"checkpoint.load_dir {load_dir} has no {name!r} file; set checkpoint.load_tag")
-    return path.read_text().strip()
+    return tag
+
+
+def _barrier_all() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def _write_exit_status(run_dir: Path, reason: str, step: int, checkpoint: str | None, sig) -> None:

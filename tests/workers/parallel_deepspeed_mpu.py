@@ -45,6 +45,9 @@ def main() -> None:
         losses.append(loss.item())
         norms.append(float(engine.get_global_grad_norm()))
     torch.save({"losses": losses, "norms": norms}, os.path.join(args.out, f"rank{state.get_rank()}.pt"))
+    # Left to interpreter exit, gloo's threads can abort the process ("terminate called without an
+    # active exception", exit -6) after a successful run, as megacompress.train notes.
+    state.destroy()
 
 
 if __name__ == "__main__":
