@@ -85,7 +85,7 @@ def step(q, k, v, prepared, backward: bool):
 def backends_for(kind: str, device: torch.device) -> list[tuple[str, bool]]:
     """(backend, with backward) pairs that can run this kind on this device."""
     out = [("sdpa", True), ("flex", device.type == "cuda")]
-    if device.type == "cuda" and dispatch.flash_available() and kind in masks.BLOCK_DIAGONAL_KINDS:
+    if device.type == "cuda" and dispatch.flash_available() and masks.get_mask_kind(kind).block_diagonal:
         out.append(("flash", True))
     return out
 
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     results = []
-    cases = [(S, kind) for S in args.seq_lens for kind in masks.FACTORIES if kind != "causal"]
+    cases = [(S, kind) for S in args.seq_lens for kind in masks.mask_kinds() if kind != "causal"]
     for S, kind in progress(cases, desc="attention benchmark", unit="case"):
         g = torch.Generator(device="cpu").manual_seed(S)
         q, k, v = (

@@ -14,7 +14,7 @@ is an independent check: the TCP bytes this process's sockets have sent (``ss -t
 the calls of the last step by collective, group size and input size: where the bytes went.
 
 Bytes a rank *sends* for one call on a group of n ranks, with the bandwidth-optimal (ring)
-algorithms that `launchers.comm_volume` assumes, S = the call's input bytes on this rank:
+algorithms that `megacompress.launch.comm_volume` assumes, S = the call's input bytes on this rank:
 all-reduce 2(n-1)/n S; reduce-scatter (n-1)/n S; all-gather (n-1) S (its shard to every
 other rank); broadcast / reduce (n-1)/n S (the mean over ranks of what must cross the wire);
 send S. Groups of one rank send nothing.

@@ -37,13 +37,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from megacompress.atomic import atomic_write, write_text_atomic  # noqa: E402
-from megacompress.compression import arithmetic as ac  # noqa: E402
-from megacompress.compression.codec import CodecConfig, build_codec  # noqa: E402
-from megacompress.compression.m1 import M1  # noqa: E402
-from megacompress.compression.plain_ac import teacher_forced_cdfs  # noqa: E402
+from megacompress.methods.equal_info import arithmetic as ac  # noqa: E402
+from megacompress.methods.equal_info.codec import CodecConfig, build_codec  # noqa: E402
+from megacompress.methods.equal_info.m1 import M1  # noqa: E402
+from megacompress.methods.equal_info.plain_ac import teacher_forced_cdfs  # noqa: E402
 from megacompress.progress import progress  # noqa: E402
 
-# SPEC §3: bytes per token on C4 (v256, v65k).
+# The paper's bytes per token on C4 (v256, v65k): docs/equal_info.md, "Published results".
 PAPER = {("sentencepiece", None, None): (None, 4.28), ("ac", None, None): (5.49, 10.98),
          ("static_ac", None, None): (1.73, 3.46), ("gzip", None, None): (2.23, 4.47),
          ("equal_info", 16, "greedy"): (2.66, 5.31), ("equal_info", 32, "greedy"): (3.49, 6.97),

@@ -7,7 +7,7 @@ bundled ``data/sample`` if absent) is packed three ways with the project's tools
 (``configs/m2_small.yaml``) is trained on each with ``python -m megacompress.train`` for the same
 compute: the same steps x sequences x tokens per sequence, so the same non-embedding FLOPs (the
 paper's budget; the embedding / softmax FLOPs grow with the vocabulary and are reported too).
-Each is exported and scored on the validation documents by ``python -m megacompress.compression.evaluate``
+Each is exported and scored on the validation documents by ``python -m megacompress.methods.equal_info.evaluate``
 (bits per byte of the original text, comparable across the three).
 
 Generation cost per 1,000 bytes of text: M2 steps = 1000 / (validation bytes per token);
@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from megacompress.atomic import atomic_write, write_text_atomic  # noqa: E402
 
-PAPER_25M = {"bytes": 1.29, "sentencepiece": 1.12, "equal_info": 1.25}  # SPEC §3, bits/byte at 25M params
+PAPER_25M = {"bytes": 1.29, "sentencepiece": 1.12, "equal_info": 1.25}  # paper, bits/byte at 25M params: docs/equal_info.md, "Published results"
 KINDS = ("bytes", "sentencepiece", "equal_info")
 
 
@@ -146,7 +146,7 @@ def generation_step_s(export: Path, eod: int, tokens: int = 48) -> float:
 
 def m1_decode_s_per_byte(prefix: str, m1: str) -> float:
     """M1's decoding time per byte of text for EqualInfo tokens (the validation shard, tools/decompress_corpus.py)."""
-    from megacompress.compression.decompress import main as decompress_main
+    from megacompress.methods.equal_info.decompress import main as decompress_main
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -172,7 +172,7 @@ def ensure_m1(path: str | None, work: Path) -> str:
 
 
 def run(args, work: Path) -> dict:
-    from megacompress.compression.m1 import M1
+    from megacompress.methods.equal_info.m1 import M1
 
     shared = REPO.parent / "shared" / "data" / "corpus"
     source = shared if (shared / "train.jsonl").exists() else REPO / "data" / "sample"
@@ -201,7 +201,7 @@ def measure(kind: str, shards: dict, export: Path, m1: str, args) -> dict:
     from megacompress.models.flops import count_parameters, flops_per_token
 
     extra = ["--tokenizer-model", shards["tokenizer"]["model_path"]] if kind == "sentencepiece" else []
-    score = json.loads(sh(["-m", "megacompress.compression.evaluate", "--model", str(export), "--data-prefix",
+    score = json.loads(sh(["-m", "megacompress.methods.equal_info.evaluate", "--model", str(export), "--data-prefix",
                            shards["valid"], *extra], threads=args.threads).strip().splitlines()[-1])
     config = ModelConfig.from_dict(json.loads((export / "config.json").read_text()))
     params = count_parameters(config)

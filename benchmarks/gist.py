@@ -8,7 +8,7 @@ once into ``--work-dir`` (fp32), and instruction records (``--data``, default th
 costs and exactness do not depend on the weights). For each (k, batch): the first
 ``--records`` records are served in batches of that size grouped by length (as ``gist generate``
 serves them: packed prefill, batched decoding), greedily from their gist caches and, for
-comparison, from the full prompt with a KV cache (`megacompress.generation.gist_eval.efficiency`): FLOPs ratio of the
+comparison, from the full prompt with a KV cache (`megacompress.methods.gist.evaluate.efficiency`): FLOPs ratio of the
 prefill (gist / full), wall-clock ratio of prefill + ``--new-tokens`` tokens, KV bytes per stored
 prompt (full instruction / gists), compression factor (instruction tokens / k) and tokens/s; the
 same records at every batch size, so ``throughput_ratio_batch_max_vs_1`` compares equal work.
@@ -34,14 +34,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from megacompress.atomic import write_text_atomic  # noqa: E402
-from megacompress.data.instruction_dataset import InstructionFormat, read_records  # noqa: E402
+from megacompress.methods.gist.data import InstructionFormat, read_records  # noqa: E402
 from megacompress.data.tokenizers import build_tokenizer  # noqa: E402
-from megacompress.generation import gist_cache  # noqa: E402
-from megacompress.generation.gist_eval import efficiency  # noqa: E402
-from megacompress.generation.gist_generate import generate_cached, generate_full  # noqa: E402
+from megacompress.methods.gist import cache as gist_cache  # noqa: E402
+from megacompress.methods.gist.evaluate import efficiency  # noqa: E402
+from megacompress.methods.gist.generate import generate_cached, generate_full  # noqa: E402
 from megacompress.models import load_pretrained  # noqa: E402
 from megacompress.models.gguf_import import import_gguf  # noqa: E402
-from megacompress.models.gist_init import init_gist_model  # noqa: E402
+from megacompress.methods.gist.init import init_gist_model  # noqa: E402
 from megacompress.progress import progress  # noqa: E402
 
 

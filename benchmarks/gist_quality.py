@@ -4,7 +4,7 @@
 
 Every variant gets the same budget: the same gist model to start from (SmolLM2-135M-Instruct
 + ``--k`` <GIST> tokens, default 1), the same shards of ``instructions/train.jsonl``, steps, batch, sequence
-length and seed; only the attention mask differs (SPEC §2). Stages, each skipped when its
+length and seed; only the attention mask differs (docs/gist.md, "Masks"). Stages, each skipped when its
 output exists, so rerunning the same command resumes where it stopped (a training run from
 its last checkpoint):
 
@@ -47,8 +47,8 @@ sys.path.insert(0, str(REPO))
 from benchmarks.gist import smollm_gguf  # noqa: E402
 from benchmarks.stages import run  # noqa: E402
 from megacompress.atomic import write_text_atomic  # noqa: E402
-from megacompress.data.instruction_dataset import read_records  # noqa: E402
-from megacompress.generation.gist_eval import paired_interval  # noqa: E402
+from megacompress.methods.gist.data import read_records  # noqa: E402
+from megacompress.methods.gist.evaluate import paired_interval  # noqa: E402
 from megacompress.training.checkpoint import config_differences, covered, flatten_config  # noqa: E402
 from megacompress.training.config import load_config  # noqa: E402
 

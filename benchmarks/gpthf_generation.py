@@ -41,7 +41,7 @@ import torch
 
 from megacompress.data.tokenizers import build_tokenizer
 from megacompress.generation.generate import generate
-from megacompress.generation.gpthf import encode_prompt, generate_fast, generate_public_algorithm
+from megacompress.methods.gpthf.generation import encode_prompt, generate_fast, generate_public_algorithm
 from megacompress.generation.uncached import generate_uncached, teacher_forced_max_diff
 from megacompress.models import ModelConfig, build_model
 from megacompress.models.flops import flop_counter_mode

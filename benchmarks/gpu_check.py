@@ -4,7 +4,7 @@ One script for one H100/H200 (under 8 minutes with the defaults) that writes
 ``gpu_check.json`` (and ``gpu_check.png``) to ``--out`` (default ``benchmarks/results``):
 
 * ``attention``: forward and backward (gradients of q, k, v) of every mask kind in
-  ``masks.FACTORIES`` with ``flex`` and, for block-diagonal kinds when flash-attn is
+  ``masks.mask_kinds()`` with ``flex`` and, for block-diagonal kinds when flash-attn is
   importable, ``flash``, against dense-mask ``sdpa`` in bf16. The reference is dense SDPA
   in float32 on the same bf16 inputs; bf16 SDPA's own error against it is the yardstick:
   a backend passes when its max abs diff <= 2 x SDPA-bf16's + ``ATOL_REL`` x max |reference|.
@@ -268,7 +268,7 @@ def attention_section(plan: Plan, device: torch.device, dtype: torch.dtype, dead
     # One clean compile cache for the section: the kinds need ~5 Flex graphs, under torch's
     # recompile limit of 8 (resetting per kind would compile kinds that share a mask function twice).
     torch._dynamo.reset()
-    for kind in masks.FACTORIES:
+    for kind in masks.mask_kinds():
         row = TIME_SKIP if deadline.passed() else guarded(check_kind, kind, meta, plan, device, dtype, deadline)
         rows.append(row if "backends" in row else {"kind": kind, **row})
     failures = [f"{r['kind']}: {name}: {rec.get('error', 'max abs diff over tolerance')}"

@@ -1,4 +1,4 @@
-"""Communication per optimizer step, measured vs `launchers.comm_volume`, and 1 -> 2 process throughput.
+"""Communication per optimizer step, measured vs `megacompress.launch.comm_volume`, and 1 -> 2 process throughput.
 
 For the tiny GPT (configs/tiny_gpt.yaml, fp32 on CPU, gloo) on 2 processes:
 
@@ -7,7 +7,7 @@ For the tiny GPT (configs/tiny_gpt.yaml, fp32 on CPU, gloo) on 2 processes:
   through torch.distributed collectives per optimizer step (ring-algorithm volumes; see
   its docstring). ``measured_bytes`` is the mean over ranks and over the steps after the
   first; ``wire_bytes`` the same for the TCP bytes the rank's sockets really sent (gloo,
-  headers included); ``predicted_bytes`` is `launchers.comm_volume` (DP/ZeRO + TP terms)
+  headers included); ``predicted_bytes`` is `megacompress.launch.comm_volume` (DP/ZeRO + TP terms)
   for the same layout at 4 bytes per value.
 * ``throughput``: ZeRO-2 at 1 and 2 processes (same global batch), median tokens/s of the
   steps after the first, from the runs' metrics.jsonl.
@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from launchers.comm_volume import Layout, dp_bytes, tp_bytes  # noqa: E402
+from megacompress.launch.comm_volume import Layout, dp_bytes, tp_bytes  # noqa: E402
 from megacompress.atomic import write_text_atomic  # noqa: E402
 from megacompress.models.flops import count_parameters  # noqa: E402
 from megacompress.training.config import load_config  # noqa: E402

@@ -67,7 +67,7 @@ def generation_table(models: dict, tokenizer) -> list[tuple[str, float, float]]:
     import torch
 
     from megacompress.generation.generate import generate
-    from megacompress.generation.gpthf import encode_prompt, generate_fast
+    from megacompress.methods.gpthf.generation import encode_prompt, generate_fast
     from megacompress.generation.uncached import generate_uncached
 
     eos = tokenizer.special_id("eos")
@@ -113,7 +113,7 @@ def main() -> int:
 
     from megacompress.data.sentences import SentenceSplitter
     from megacompress.data.tokenizers import build_tokenizer
-    from megacompress.generation.gpthf import encode_prompt, generate_fast
+    from megacompress.methods.gpthf.generation import encode_prompt, generate_fast
     from megacompress.generation.sampling import SamplingConfig
     from megacompress.models import load_pretrained
 

@@ -1,5 +1,6 @@
-"""Launchers for `python -m megacompress.train`: SLURM (submitit), deepspeed and torchrun.
+"""The old home of the launchers, kept for old command lines; they now live in `megacompress.launch`.
 
-Run them as scripts from the repository root (`python launchers/slurm.py --help`) or as
-modules (`python -m launchers.slurm --help`). See docs/launching.md.
+``python launchers/torchrun.py ...`` = ``megacompress launch torchrun ...`` (likewise
+``deepspeed_launch.py`` = ``deepspeed``, ``slurm.py`` = ``slurm``); ``python -m launchers.X``
+works too. See docs/launching.md.
 """

@@ -1,9 +1,9 @@
 """What every command-line entry point shares: one-line errors, quiet warnings, ``--debug``.
 
 ``raise SystemExit(cli.run(main))`` runs ``main(argv) -> int`` and turns a *user error*
-(a bad config key or value, a missing or corrupt file, a mismatched tokenizer or
-checkpoint: the exception classes in `user_errors`) into one ``error: ...`` line on
-stderr and exit status 2 — printed by global rank 0 only, so a torchrun job shows it once.
+(`megacompress.errors.UserError` and the OS's missing-file errors: a bad config key or
+value, a missing or corrupt file, a mismatched tokenizer or checkpoint) into one
+``error: ...`` line on stderr and exit status 2 — printed by global rank 0 only, so a torchrun job shows it once.
 Anything else is a bug and keeps its traceback. ``--debug`` (or ``MEGACOMPRESS_DEBUG=1``)
 shows the traceback of user errors too.
 
@@ -20,9 +20,15 @@ import re
 import sys
 import warnings
 from collections.abc import Callable
-from typing import NoReturn
 
-EXIT_USAGE = 2
+from megacompress.errors import EXIT_USAGE, UserError, is_user_error
+
+_PROG = {"name": None}  # set by the megacompress command for its subcommands
+
+
+def set_prog(name: str) -> None:
+    """The program name that parsers built after this call show (``megacompress train``)."""
+    _PROG["name"] = name
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -48,6 +54,7 @@ def parser(module: str, doc: str, *, script: str | None = None, epilog: str | No
     defaults in every flag's help, and ``--debug``."""
     invoked = sys.argv[0].replace(os.sep, "/") if sys.argv else ""
     prog = f"python {script}" if script and invoked.endswith(script) else f"python -m {module}"
+    prog = _PROG["name"] or prog
     result = argparse.ArgumentParser(prog=prog, description=plain(doc.strip()), epilog=epilog and plain(epilog),
                                      formatter_class=HelpFormatter)
     add_debug_flag(result)
@@ -59,7 +66,7 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> None:
                         help="show full tracebacks for errors (default: one 'error: ...' line)")
 
 
-class DeviceError(ValueError):
+class DeviceError(UserError, ValueError):
     """A ``--device`` that is not a device, or a GPU this machine does not have."""
 
 
@@ -93,28 +100,28 @@ def is_rank_zero() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean the input is wrong, not the code (imported lazily: cheap --help)."""
-    from megacompress.data.indexed import ShardError
-    from megacompress.data.registry import DataConfigError
-    from megacompress.data.sentences import SentenceModelError
-    from megacompress.data.instruction_dataset import InstructionDataError
-    from megacompress.data.tokenizers import TokenizerFileError, TokenizerMismatch
-    from megacompress.generation.generate import GenerationRequestError
-    from megacompress.generation.gist_cache import GistCacheError
-    from megacompress.integrity import IntegrityError
-    from megacompress.models.hf_llama import ConversionError
-    from megacompress.models.kv_cache import KVCacheOverflow
-    from megacompress.models.config import ConfigError
-    from megacompress.parallel.state import LayoutError
-    from megacompress.training.checkpoint import CheckpointError
-    from megacompress.training.config import TrainConfigError
-    from megacompress.training.safe_load import UnsafeCheckpointError
+# (message regex, category, where it comes from). A filter's message must match the start of the warning's text.
+LIBRARY_WARNINGS = [
+    # torch's own torch/utils/mkldnn.py decorates MkldnnLinear with torch.jit.script_method (deprecated in
+    # torch 2.13). It is imported through torch._inductor when DeepSpeed's deepspeed.initialize (ZeRO >= 1,
+    # is_zero_supported_optimizer) imports deepspeed/runtime/zero/muon/original_muon.py, whose module level
+    # calls torch.compile. We call none of these.
+    (r"`torch\.jit\.script_method` is deprecated", DeprecationWarning,
+     "torch.utils.mkldnn, imported via torch.compile in DeepSpeed's Muon optimizer module"),
+    # DeepSpeed's comm backend (deepspeed/comm/torch.py, TorchBackend.get_all_gather_function /
+    # get_reduce_scatter_function) calls these collectives, deprecated in torch 2.13: ZeRO-1/2 gather the
+    # updated parameter partitions after every step with DP > 1, ZeRO-3 also reduce-scatters gradients.
+    (r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated", FutureWarning,
+     "deepspeed.comm.torch.TorchBackend, every ZeRO step with DP > 1"),
+]
 
-    return (ConfigError, TrainConfigError, DataConfigError, ShardError, SentenceModelError, CheckpointError,
-            TokenizerMismatch, TokenizerFileError, GenerationRequestError, KVCacheOverflow, DeviceError, LayoutError,
-            IntegrityError, UnsafeCheckpointError, GistCacheError, InstructionDataError, ConversionError,
-            FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+def quiet_library_warnings() -> None:
+    """Ignore exactly the `LIBRARY_WARNINGS`: torch's deprecation notices about DeepSpeed's calls,
+    not ours, so there is nothing we can change; each filter matches one message, so any other
+    warning still shows (inserted in front of the filters `quiet_warnings` sets)."""
+    for message, category, _source in LIBRARY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -129,15 +136,7 @@ def quiet_warnings() -> None:
     else:
         warnings.simplefilter("ignore")
         logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
-
-
-def die(exc: BaseException, debug: bool = False) -> NoReturn:
-    """End a CLI on a user error: one ``error: ...`` line (rank 0) and exit status 2."""
-    if debug:
-        raise exc
-    if is_rank_zero():
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-    raise SystemExit(EXIT_USAGE) from None
+    quiet_library_warnings()
 
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
@@ -145,13 +144,15 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     debug = "--debug" in args or os.environ.get("MEGACOMPRESS_DEBUG") == "1"
     quiet_warnings()
     try:
-        return main(argv)
+        status = main(argv)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        if debug or not isinstance(exc, user_errors()):
+        if debug or not is_user_error(exc):
             raise
         if is_rank_zero():
             print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    # A main may return its result (a summary dict) instead of a status: that is success.
+    return status if isinstance(status, int) else 0

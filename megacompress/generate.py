@@ -4,8 +4,8 @@
 registered architecture (``config.json`` names it).
 
 ``--mode fast`` (default) generates with the architecture's caches: a GPT with its KV
-cache, a GPTHF with its sentence caches (`megacompress.generation.gpthf`; the prompt is
-split into sentences with an EOS after each finished one, as in training). ``--mode slow``
+cache, a method's model with the generator its package registers (`megacompress.generation.fast`;
+a sentence-level model gets its prompt split into sentences as in training). ``--mode slow``
 reruns the full model on the whole sequence for every token (any architecture); greedy
 fast and slow print the same text.
 Several ``--prompt`` flags are generated as one left-padded batch. With tensor
@@ -22,11 +22,10 @@ import torch
 from megacompress import cli
 from megacompress.data.tokenizers import (TOKENIZER_KINDS, TokenizerMismatch, build_tokenizer, check_model_tokenizer,
                                           model_tokenizer)
-from megacompress.generation import gpthf  # also registers GPTHF's fast generator
-from megacompress.generation.fast import fast_generator
+from megacompress.generation.fast import add_generator_arguments, generator
 from megacompress.generation.sampling import SamplingConfig
 from megacompress.generation.uncached import generate_uncached
-from megacompress.models.registry import get_architecture, load_pretrained
+from megacompress.models.registry import load_pretrained
 from megacompress.parallel import state
 
 
@@ -48,11 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="run under torchrun with this many ranks")
     cli.add_device_flag(parser)
     parser.add_argument("--mode", choices=["fast", "slow"], default="fast",
-                        help="fast: KV-cached (GPTHF: sentence caches); slow: rerun the whole sequence per token")
-    parser.add_argument("--sentence-model", default=None,
-                        help="GPTHF: Punkt model splitting the prompt (e.g. the train shard's .sentences.json)")
-    parser.add_argument("--prompt-ends-sentence", action="store_true",
-                        help="GPTHF: the prompt's last sentence is finished (an EOS follows it)")
+                        help="fast: the architecture's cached generator; slow: rerun the whole sequence per token")
+    add_generator_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -72,23 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     options = dict(sampling=sampling, eod_id=None if args.no_stop_at_eod else tokenizer.eod,
                    show_progress=state.get_rank() == 0)
-    eos_id = None
-    if "eos_mask" in get_architecture(model.config.architecture).inputs:  # a model over sentences
-        from megacompress.data.sentences import SentenceSplitter  # NLTK import: only for sentence models
-
-        eos_id = tokenizer.special_id("eos")
-        splitter = SentenceSplitter.load(args.sentence_model) if args.sentence_model else None
-        prompts = [gpthf.encode_prompt(tokenizer, p, eos_id, splitter, ends_sentence=args.prompt_ends_sentence)
-                   for p in args.prompt]
-    else:
-        prompts = [tokenizer.encode(p) for p in args.prompt]
+    spec = generator(model.config.architecture)
+    prompts, extra = spec.encode(tokenizer, args.prompt, args)
+    eos_id = extra.get("eos_id")
     with torch.inference_mode():
-        if args.mode == "slow":
-            out = generate_uncached(model, prompts, args.max_new_tokens, eos_id=eos_id, **options)
-        else:
-            sentences = {} if eos_id is None else {"eos_id": eos_id}
-            out = fast_generator(model.config.architecture)(model, prompts, args.max_new_tokens, **options,
-                                                            **sentences)
+        run = generate_uncached if args.mode == "slow" else spec.generate
+        out = run(model, prompts, args.max_new_tokens, **options, **extra)
     if state.get_rank() == 0:
         for text, tokens in zip(args.prompt, out.tokens):  # sentence ends are not text
             print(f"=== prompt: {text!r}\n{text}{tokenizer.decode([t for t in tokens if t != eos_id])}")

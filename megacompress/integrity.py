@@ -20,11 +20,13 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from megacompress.errors import UserError
+
 ALGORITHM = "sha256"
 _BLOCK = 1 << 22
 
 
-class IntegrityError(ValueError):
+class IntegrityError(UserError, ValueError):
     """A file whose contents or location cannot be trusted; the message names the file."""
 
 

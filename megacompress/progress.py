@@ -4,10 +4,15 @@ On a terminal `progress` is a tqdm bar. When stderr is not a terminal (CI, SLURM
 ``make demo | tee``) a bar's carriage-return redraws pile up into one huge line, so
 there it is a `LineProgress` instead: one plain line at most every ``interval_s``
 seconds and one at the end, e.g. ``preprocess: 12.6M/40.1M B (31%), 3.2M B/s, 4 s``.
+
+Other libraries' tqdm bars are off when their stream is not a terminal (`quiet_library_bars`,
+applied when this module is imported), e.g. DeepSpeed's ``zero_to_fp32`` "Loading checkpoint
+shards" bar in ``tools/convert_checkpoint.py export``.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from typing import Any
@@ -106,3 +111,32 @@ def progress(iterable=None, *, enabled: bool = True, **kwargs: Any):
         return tqdm(iterable, disable=not enabled, **kwargs)
     line_keys = ("total", "desc", "unit", "initial", "unit_scale")
     return LineProgress(iterable, interval_s=interval_s, **{k: v for k, v in kwargs.items() if k in line_keys})
+
+
+_DISABLE_POSITION = 10  # tqdm(iterable, desc, total, leave, file, ncols, mininterval, maxinterval, miniters, ascii, disable)
+
+
+def quiet_library_bars() -> None:
+    """Make tqdm's default ``disable=False`` into ``disable=None``: a bar whose caller does not
+    choose is then off when its stream is not a terminal (tqdm's own rule for ``None``).
+
+    Bars of other libraries (DeepSpeed's ``zero_to_fp32``, Hugging Face downloads) pass no
+    ``disable``, and their carriage-return redraws would otherwise end up in a SLURM log or a
+    redirected stderr. Our bars pass ``disable`` (`progress`), so this changes none of
+    them. Idempotent; applied when this module is imported.
+    """
+    init = tqdm.__init__
+    if getattr(init, "_off_a_terminal", False):
+        return
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        if len(args) <= _DISABLE_POSITION:  # not given positionally
+            kwargs.setdefault("disable", None)
+        init(self, *args, **kwargs)
+
+    __init__._off_a_terminal = True
+    tqdm.__init__ = __init__
+
+
+quiet_library_bars()

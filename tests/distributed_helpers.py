@@ -85,3 +85,11 @@ def signal_when_ready(proc: subprocess.Popen, ready, sig: int, timeout: float = 
         return proc.communicate(timeout=timeout)[1]
     finally:
         proc.kill()
+
+
+def as_command(main, argv: list[str]):
+    """``main(argv)`` as its command line runs it (`megacompress.cli.run`): a user error is one
+    ``error:`` line on stderr and ``SystemExit(2)``."""
+    from megacompress import cli
+
+    raise SystemExit(cli.run(main, argv))

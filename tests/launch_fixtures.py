@@ -11,7 +11,7 @@
   the end of the session. They skip only when the SLURM packages cannot be installed (not
   root, no apt), and never under CI=true.
 * ``slurm_launch``, ``checked``, ``job_field``, ``wait_for_state``, ``task_logs``: submit
-  with launchers/slurm.py and follow a job through ``scontrol``.
+  with ``megacompress launch slurm`` and follow a job through ``scontrol``.
 """
 
 from __future__ import annotations
@@ -126,8 +126,8 @@ def slurm_cluster_2n(tmp_path_factory) -> dict[str, str]:
 
 def slurm_launch(env: dict[str, str], run_dir: Path, *extra: str, wait: bool = True,
                  timeout: float = 300) -> subprocess.CompletedProcess:
-    """``launchers/slurm.py`` with the tiny config on the ``debug`` partition of ``env``'s cluster."""
-    cmd = [sys.executable, "launchers/slurm.py", "--config", str(CONFIG), "--partition", "debug",
+    """``megacompress launch slurm`` with the tiny config on the ``debug`` partition of ``env``'s cluster."""
+    cmd = [sys.executable, "-m", "megacompress", "launch", "slurm", "--config", str(CONFIG), "--partition", "debug",
            "--time", "00:30:00", "--gpus-per-node", "0", "--run-dir", str(run_dir), *extra]
     if wait:
         cmd.append("--wait")

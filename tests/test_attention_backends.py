@@ -8,7 +8,7 @@ import torch
 from megacompress.attention import dispatch, flash, masks
 from megacompress.attention.dispatch import AttentionMask, attend, prepare
 
-KINDS = list(masks.FACTORIES)
+KINDS = masks.mask_kinds()
 
 
 def random_metadata(B: int, S: int, seed: int) -> dict:
@@ -112,7 +112,7 @@ def blocks_from_cu_seqlens(cu_seqlens: torch.Tensor, B: int, S: int) -> torch.Te
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("kind", sorted(masks.BLOCK_DIAGONAL_KINDS))
+@pytest.mark.parametrize("kind", sorted(k for k in masks.mask_kinds() if masks.get_mask_kind(k).block_diagonal))
 def test_flash_cu_seqlens_reproduce_dense_mask(kind, seed):
     B, S = 3, 80
     mask = build(kind, random_metadata(B, S, seed))

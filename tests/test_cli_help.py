@@ -18,7 +18,7 @@ CLIS = [
     (["tools/plot_run.py"], "python tools/plot_run.py"),
     (["tools/compress_corpus.py"], "python tools/compress_corpus.py"),
     (["tools/decompress_corpus.py"], "python tools/decompress_corpus.py"),
-    (["-m", "megacompress.compression.evaluate"], "python -m megacompress.compression.evaluate"),
+    (["-m", "megacompress.methods.equal_info.evaluate"], "python -m megacompress.methods.equal_info.evaluate"),
     (["launchers/torchrun.py"], "python launchers/torchrun.py"),
     (["launchers/slurm.py"], "python launchers/slurm.py"),
     (["launchers/slurm_job.py"], "python launchers/slurm_job.py"),

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from megacompress.compression import arithmetic as ac
+from megacompress.methods.equal_info import arithmetic as ac
 
 HALF, QUARTER = 1 << 31, 1 << 30
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from distributed_helpers import as_command
 from workers.equal_info_m1 import save_tiny_m1
 
-from megacompress.compression import compress as compress_mod
-from megacompress.compression.decompress import main as decompress_main
+from megacompress.methods.equal_info import compress as compress_mod
+from megacompress.methods.equal_info.decompress import main as decompress_main
 from megacompress.data.indexed import IndexedDataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def test_refuses_another_m1_and_names_a_corrupt_document(corpus, tmp_path, capsy
     cli = [sys.executable, str(REPO / "tools/decompress_corpus.py"), "--input-prefix", str(prefix),
            "--output", str(tmp_path / "o.jsonl")]
     with pytest.raises(SystemExit) as info:
-        decompress_main(["--m1", str(corpus[3]), "--input-prefix", str(prefix), "--output", str(tmp_path / "o.jsonl")])
+        as_command(decompress_main, ["--m1", str(corpus[3]), "--input-prefix", str(prefix), "--output", str(tmp_path / "o.jsonl")])
     assert info.value.code == 2 and "s_text_document.meta.json: shard was compressed with M1" in capsys.readouterr().err
     shard = IndexedDataset(str(prefix))
     offset = int(shard.sequence_pointers[4]) + 2 * 5  # a token inside document 4
@@ -92,6 +93,6 @@ def test_refuses_another_m1_and_names_a_corrupt_document(corpus, tmp_path, capsy
     meta_file = tmp_path / "s_text_document.meta.json"
     meta_file.write_text(json.dumps({k: v for k, v in json.loads(meta_file.read_text()).items() if k != "files"}))
     with pytest.raises(SystemExit) as info:
-        decompress_main(["--m1", str(corpus[2]), "--input-prefix", str(prefix), "--output", str(tmp_path / "o.jsonl")])
+        as_command(decompress_main, ["--m1", str(corpus[2]), "--input-prefix", str(prefix), "--output", str(tmp_path / "o.jsonl")])
     assert info.value.code == 2 and "s_text_document.bin: document 4" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()

@@ -40,6 +40,7 @@ from distributed_helpers import REPO_ROOT, cpu_env
 from test_resume_checks import LoadingEngine
 
 from megacompress import cli
+from megacompress.errors import EXIT_USAGE, OS_USER_ERRORS, UserError
 
 SEED = 20240607
 OUTCOMES = ("named", "identical", "SILENT", "traceback", "unnamed")
@@ -47,6 +48,9 @@ FAILING = ("SILENT", "traceback", "unnamed")
 FILE_MUTATIONS = ("truncate_half", "truncate_zero", "truncate_minus1", "extend", "flip_start", "flip_middle",
                   "flip_end", "flip_random", "garbage", "delete")
 SWAPS_PER_ARTIFACT = 3
+
+
+USER_ERRORS = (UserError, *OS_USER_ERRORS)
 
 
 @dataclass
@@ -228,7 +232,7 @@ def shard_artifacts(base: Path) -> list[Artifact]:
         digests.append([splitter.split(t) for t in texts])
         return tuple(digests)
 
-    errors = cli.user_errors()
+    errors = USER_ERRORS
     command = ["--set=tokenizer.kind=bytes", "--set=model.vocab_size=259", "--set=model.max_seq_len=32",
                "--set=model.hidden_size=32", "--set=model.num_heads=2", "--set=model.num_layers=1",
                "--set=model.ffn_hidden_size=64", "--set=schedule.train_steps=1", "--set=data.split=1,0,0",
@@ -259,7 +263,8 @@ def checkpoint_and_export(base: Path, shards: Path) -> list[Artifact]:
     from megacompress.data.tokenizers import model_tokenizer
     from megacompress.models import load_pretrained
     from megacompress.training.checkpoint import CheckpointManager, read_latest, read_manifest
-    from megacompress.training.convert import ConversionError, export
+    from megacompress.models.hf_llama import ConversionError
+    from megacompress.training.convert import export
 
     prefix = shards / "s_text_document"
     run_dir = base / "run"
@@ -293,14 +298,14 @@ def checkpoint_and_export(base: Path, shards: Path) -> list[Artifact]:
             logits = model(probe).logits
         return tensor_digest(logits), model_tokenizer(str(case)).fingerprint()
 
-    errors = cli.user_errors() + (ConversionError,)
+    errors = USER_ERRORS + (ConversionError,)
     ckpt_files = sorted(str(p.relative_to(ckpt)) for p in ckpt.rglob("*") if p.is_file())
     export_files = sorted(p.name for p in (base / "export").iterdir() if p.is_file())
     return [
         Artifact("checkpoint", ckpt, ckpt_files, consume_checkpoint, errors,
                  lambda case: [sys.executable, str(REPO_ROOT / "tools" / "convert_checkpoint.py"), "export",
                                str(case), str(case.parent / (case.name + "-cli-export"))]),
-        Artifact("export", base / "export", export_files, consume_export, cli.user_errors(),
+        Artifact("export", base / "export", export_files, consume_export, USER_ERRORS,
                  lambda case: [sys.executable, "-m", "megacompress.generate", "--model", str(case), "--prompt",
                                "Hello", "--max-new-tokens", "4", "--device", "cpu"]),
     ]
@@ -322,7 +327,7 @@ def run_main(main: Callable, argv: list[str]) -> None:
             code = cli.run(main, argv)
         except SystemExit as exc:
             code = exc.code
-    if code == cli.EXIT_USAGE:
+    if code == EXIT_USAGE:
         raise CliError("\n".join(line.removeprefix("error: ") for line in stderr.getvalue().splitlines()
                                  if not line.startswith("warning: ")))
     assert code in (0, None), f"exit status {code}: {stderr.getvalue()[-2000:]}"
@@ -362,10 +367,8 @@ def bitstream_artifact(base: Path) -> Artifact:
     document (``tools/decompress_corpus.py``), compared with the original text."""
     from workers.equal_info_m1 import save_tiny_m1
 
-    from megacompress.compression import compress as compress_mod
-    from megacompress.compression.codec import CorruptStreamError
-    from megacompress.compression.decompress import decompress
-    from megacompress.compression.shards import ShardMismatchError
+    from megacompress.methods.equal_info import compress as compress_mod
+    from megacompress.methods.equal_info.decompress import decompress
 
     m1 = save_tiny_m1(base / "m1")
     root = base / "bitstream"
@@ -384,8 +387,7 @@ def bitstream_artifact(base: Path) -> Artifact:
 
     assert consume(root) == texts
     files = sorted(p.name for p in root.iterdir() if p.is_file())
-    # decompress.main turns these into one error line (cli.die).
-    return Artifact("bitstream", root, files, consume, (CorruptStreamError, ShardMismatchError, ValueError, OSError),
+    return Artifact("bitstream", root, files, consume, USER_ERRORS,
                     lambda case: [sys.executable, str(REPO_ROOT / "tools" / "decompress_corpus.py"), "--m1",
                                   str(m1), "--input-prefix", str(case / name), "--output",
                                   str(case.parent / (case.name + "-cli.jsonl"))])

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from megacompress.compression.compress import main as compress_main
-from megacompress.compression.evaluate import bits_per_byte
-from megacompress.compression.m1 import M1
-from megacompress.compression.tokenizer import BitstreamTokenizer
+from megacompress.methods.equal_info.compress import main as compress_main
+from megacompress.methods.equal_info.evaluate import bits_per_byte
+from megacompress.methods.equal_info.m1 import M1
+from megacompress.methods.equal_info.tokenizer import BitstreamTokenizer
 from megacompress.data.preprocess import main as preprocess_main
 from megacompress.data.tokenizers import build_tokenizer, train_sentencepiece
 from megacompress.models import GPT, ModelConfig

@@ -7,7 +7,7 @@ import pytest
 import torch
 from workers.equal_info_m1 import save_tiny_m1
 
-from megacompress.compression.m1 import BOS, M1, M1Error
+from megacompress.methods.equal_info.m1 import BOS, M1, M1Error
 from megacompress.models.registry import load_pretrained
 
 

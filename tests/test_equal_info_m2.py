@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from workers.equal_info_m1 import save_tiny_m1
 
-from megacompress.compression.compress import main as compress_main
-from megacompress.compression.evaluate import bits_per_byte
+from megacompress.methods.equal_info.compress import main as compress_main
+from megacompress.methods.equal_info.evaluate import bits_per_byte
 from megacompress.data.tokenizers import build_tokenizer
 from megacompress.models.registry import load_pretrained
 
@@ -50,7 +50,7 @@ def test_m2_trains_on_bitstream_shards_and_reports_bits_per_byte(tmp_path):
 
 
 def test_wrong_tokenizer_for_bitstream_kind_is_refused(tmp_path):
-    from megacompress.data.bitstream_dataset import build_bitstream
+    from megacompress.methods.equal_info.dataset import build_bitstream
     from megacompress.data.registry import DataConfigError
 
     with pytest.raises(DataConfigError, match="tokenizer.kind=bitstream"):

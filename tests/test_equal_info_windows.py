@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from workers.equal_info_m1 import save_tiny_m1
 
-from megacompress.compression.codec import CodecConfig, CorruptStreamError, build_codec
-from megacompress.compression.m1 import M1
+from megacompress.methods.equal_info.codec import CodecConfig, CorruptStreamError, build_codec
+from megacompress.methods.equal_info.m1 import M1
 
 VALID = Path(__file__).resolve().parents[1] / "data" / "sample" / "valid.jsonl"
 PREFIX_BYTES = 1500  # of each validation document: keeps the test at a few seconds

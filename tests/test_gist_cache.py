@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from megacompress.data.instruction_dataset import InstructionFormat
+from megacompress.methods.gist.data import InstructionFormat
 from megacompress.data.tokenizers import build_tokenizer
-from megacompress.generation import gist_cache
+from megacompress.methods.gist import cache as gist_cache
 from megacompress.generation.generate import length_batches
-from megacompress.generation.gist_generate import answer, generate_cached, generate_full
+from megacompress.methods.gist.generate import answer, generate_cached, generate_full
 from megacompress.models import load_pretrained
 from workers.gist_common import tiny_gist_model
 
@@ -112,7 +112,7 @@ def test_batches_grouped_by_length_come_back_in_input_order(gist2):
 def test_a_packed_prefill_equals_rows_alone_and_computes_no_padding(gist2):
     """Packed prefill: the rows' logits as alone; the matmuls' FLOPs are the sum of the rows' alone
     (no padding), only attention over the packed row adds some; budget 1 = every row alone."""
-    from megacompress.generation.gist_eval import measure
+    from megacompress.methods.gist.evaluate import measure
     from megacompress.models import flops as flop_formulas
 
     _, model, fmt = gist2

@@ -11,9 +11,10 @@ import torch
 import yaml
 
 from distributed_helpers import cpu_env
+from megacompress import cli
 from megacompress import gist as gist_cli
 from megacompress.data.collate import collate
-from megacompress.data.instruction_dataset import (InstructionDataError, InstructionDataset, InstructionFormat,
+from megacompress.methods.gist.data import (InstructionDataError, InstructionDataset, InstructionFormat,
                                                    prepare_instruction_shard, read_records)
 from megacompress.data.tokenizers import build_tokenizer
 from megacompress.training import convert
@@ -164,12 +165,12 @@ def test_gist_pipeline_end_to_end(gist1, tmp_path, repo_root, capsys):
     # a cache made by another model (the untrained gist model) is refused by name
     assert gist_cli.main(["compress", "--model", str(gist1), "--instructions", str(inputs),
                           "--out", str(tmp_path / "c0")]) == 0
-    assert gist_cli.main(["generate", *common, "--cache", str(tmp_path / "c0"), "--inputs", str(inputs),
-                          "--out", str(tmp_path / "x.jsonl")]) == 2  # a user error
+    assert cli.run(gist_cli.main, ["generate", *common, "--cache", str(tmp_path / "c0"), "--inputs", str(inputs),
+                                   "--out", str(tmp_path / "x.jsonl")]) == 2  # a user error
     assert "made by another model" in capsys.readouterr().err
     (tmp_path / "empty.jsonl").write_text("\n")
-    assert gist_cli.main(["compress", *common, "--instructions", str(tmp_path / "empty.jsonl"),
-                          "--out", str(tmp_path / "c1")]) == 2
+    assert cli.run(gist_cli.main, ["compress", *common, "--instructions", str(tmp_path / "empty.jsonl"),
+                                   "--out", str(tmp_path / "c1")]) == 2
     assert "empty.jsonl: no records" in capsys.readouterr().err and not (tmp_path / "c1").exists()
 
 
@@ -192,7 +193,7 @@ def test_training_refuses_shards_of_another_k(gist1, tmp_path, repo_root):
 
 
 def test_paired_intervals_of_per_record_scores():
-    from megacompress.generation.gist_eval import paired_interval, quality
+    from megacompress.methods.gist.evaluate import paired_interval, quality
 
     report = quality(["the cat sat", "a dog ran"], ["the cat sat", "the bird flew"], [3, 3], [3, 3])
     assert [r["rouge_l"] for r in report["per_record"]] == [100, 0] and report["rouge_l"] == 50

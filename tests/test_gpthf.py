@@ -1,4 +1,4 @@
-"""GPTHF model (SPEC §1): config and presets, masks as the model uses them, a two-sentence
+"""GPTHF model (docs/gpthf.md, "The model" and "Masks"): config and presets, masks as the model uses them, a two-sentence
 example decomposed by hand, parameter count and FLOPs against FlopCounterMode, batch keys,
 and a saved model whose config does not match its weights."""
 
@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 
-from megacompress.generation.gpthf import SentenceCaches, encode_finished
+from megacompress.methods.gpthf.generation import SentenceCaches, encode_finished
 from megacompress.models import ModelConfig, build_model, load_pretrained, pretrained
 from megacompress.models.config import ConfigError
-from megacompress.models.flops import count_parameters, decode_flops, flop_counter_mode, gpthf_flops_per_token
-from megacompress.models.gpthf import BODY, ENCODER, GPTHF
+from megacompress.methods.gpthf import flops as gpthf_flops
+from megacompress.models.flops import count_parameters, flop_counter_mode
+from megacompress.methods.gpthf.model import BODY, ENCODER, GPTHF
 from megacompress.models.outputs import gather_logits
 from megacompress.models.registry import select_inputs
 
@@ -29,7 +30,7 @@ def test_presets_and_validation():
         config = ModelConfig.from_preset(name)
         assert config.architecture == "gpthf" and config.encoder_layers + config.body_layers == config.num_layers
         assert count_parameters(config) == count_parameters(ModelConfig.from_preset(baseline))
-    assert ModelConfig.from_preset("baseline-12").encoder_layers == 0  # the GPT is unaffected
+    assert not hasattr(ModelConfig.from_preset("baseline-12"), "encoder_layers")  # the GPT is unaffected
     model = build_model(ModelConfig.from_preset("tiny-gpthf"))
     assert isinstance(model, GPTHF)
     assert sum(p.numel() for p in model.parameters()) == count_parameters(model.config).total
@@ -105,7 +106,7 @@ def test_flops_match_flop_counter():
     ids = torch.randint(0, 512, (2, 64), generator=torch.Generator().manual_seed(0))
     with flop_counter_mode() as counter:
         model(ids, eos_mask=ids % 7 == 0, labels=ids).loss_sum.backward()
-    assert counter.get_total_flops() / ids.numel() == pytest.approx(gpthf_flops_per_token(config, 64), rel=0.05)
+    assert counter.get_total_flops() / ids.numel() == pytest.approx(gpthf_flops.flops_per_token(config, 64), rel=0.05)
     # One generated token: encoder over its sentence so far (4 + 1 keys), body over 2 sentences + itself.
     model.eval()
     with torch.no_grad():
@@ -115,7 +116,7 @@ def test_flops_match_flop_counter():
         caches.feed(torch.tensor([[8, 9, 10, 11]]), torch.arange(5, 9)[None], torch.tensor([4]), EOS)
         with flop_counter_mode() as counter:
             caches.feed(torch.tensor([[12]]), torch.tensor([[9]]), torch.tensor([1]), EOS)
-    assert counter.get_total_flops() == pytest.approx(decode_flops(config, sentence_len=5, sentences=2), rel=0.05)
+    assert counter.get_total_flops() == pytest.approx(gpthf_flops.decode_flops(config, sentence_len=5, sentences=2), rel=0.05)
 
 
 def test_saved_config_that_does_not_match_the_weights_is_refused(tmp_path):

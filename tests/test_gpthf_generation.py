@@ -6,8 +6,8 @@ import pytest
 import torch
 from workers.gpthf_common import EOD, EOS, PROMPTS, small_gpthf
 
-from megacompress.generation import gpthf
-from megacompress.generation.gpthf import SentenceCaches, encode_finished, generate_fast, generate_public_algorithm
+from megacompress.methods.gpthf import generation as gpthf
+from megacompress.methods.gpthf.generation import SentenceCaches, encode_finished, generate_fast, generate_public_algorithm
 from megacompress.generation.sampling import SamplingConfig
 from megacompress.generation.uncached import generate_uncached, teacher_forced_max_diff
 from megacompress.models import ModelConfig, build_model

@@ -50,7 +50,7 @@ def test_cpu_debug_run_writes_every_section(tmp_path):
         assert report["sections"][name]["passed"] is True, name
 
     rows = report["sections"]["attention"]["results"]
-    assert [r["kind"] for r in rows] == list(masks.FACTORIES)
+    assert [r["kind"] for r in rows] == masks.mask_kinds()
     for row in rows:
         sdpa, flex = row["backends"]["sdpa"], row["backends"]["flex"]
         assert set(sdpa["max_abs_diff"]) == {"out", "dq", "dk", "dv"} and sdpa["fwd_bwd_ms"] > 0
@@ -95,7 +95,7 @@ def test_metadata_and_training_batch_are_realistic(gpu_check):
     first_doc = (doc == 0).sum(dim=1)
     assert ((meta["gist_start"] < meta["gist_end"]) & (meta["gist_end"] <= first_doc)).all()
     assert not (meta["eos_mask"] & (doc < 0)).any()
-    for kind in masks.FACTORIES:
+    for kind in masks.mask_kinds():
         if kind != "causal":
             AttentionMask.build(kind, **meta)  # valid metadata for every kind
 

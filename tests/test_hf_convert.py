@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from megacompress.data.instruction_dataset import InstructionFormat
+from megacompress.methods.gist.data import InstructionFormat
 from megacompress.data.tokenizers import build_tokenizer, model_tokenizer
 from megacompress.models import gather_logits, load_pretrained
 from megacompress.models.gguf_import import import_gguf
-from megacompress.models.gist_init import init_gist_model
+from megacompress.methods.gist.init import init_gist_model
 from megacompress.models.hf_llama import ConversionError, export_hf, import_hf
 from workers.gist_common import TEXT, TINY, write_tiny_gguf, write_tiny_hf_llama
 

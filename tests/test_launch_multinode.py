@@ -17,8 +17,8 @@ import pytest
 
 from distributed_helpers import REPO_ROOT, cpu_env, free_port
 from launch_fixtures import CONFIG, read_losses, set_args, tiny_run
-from launchers import comm_volume, deepspeed_launch, slurm, torchrun
-from launchers.common import LaunchError, load_sweep
+from megacompress.launch import comm_volume, deepspeed_launch, slurm, torchrun
+from megacompress.launch.common import LaunchError, load_sweep
 
 REL = 1e-5
 

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from megacompress.attention import masks
+from megacompress.methods.gist import masks as gist_masks
+from megacompress.methods.gpthf import masks as gpthf_masks
 
 
 def matrix(*rows: str) -> torch.Tensor:
@@ -47,20 +49,20 @@ def test_causal():
 
 
 def test_gist_example():
-    assert torch.equal(dense2d(masks.gist(GIST_DOC, GIST_START, GIST_END))[0], GIST_EXPECTED)
+    assert torch.equal(dense2d(gist_masks.gist(GIST_DOC, GIST_START, GIST_END))[0], GIST_EXPECTED)
 
 
 def test_gist_neg_control_example():
-    assert torch.equal(dense2d(masks.gist_neg_control(GIST_DOC, GIST_START, GIST_END))[0], GIST_NEG_EXPECTED)
+    assert torch.equal(dense2d(gist_masks.gist_neg_control(GIST_DOC, GIST_START, GIST_END))[0], GIST_NEG_EXPECTED)
 
 
 def test_gist_pos_control_is_causal():
-    assert torch.equal(dense2d(masks.gist_pos_control(GIST_DOC, GIST_START, GIST_END))[0], CAUSAL8)
+    assert torch.equal(dense2d(gist_masks.gist_pos_control(GIST_DOC, GIST_START, GIST_END))[0], CAUSAL8)
 
 
 def test_gist_with_padding_and_per_row_spans():
     doc = torch.tensor([[0] * 8, [0] * 6 + [-1] * 2])
-    fn = masks.gist(doc, torch.tensor([2, 1]), torch.tensor([4, 2]))
+    fn = gist_masks.gist(doc, torch.tensor([2, 1]), torch.tensor([4, 2]))
     got = dense2d(fn, B=2)
     assert torch.equal(got[0], GIST_EXPECTED)
     expected_row1 = matrix(
@@ -83,9 +85,9 @@ def test_per_slot_spans_pack_gist_prompts_in_one_row():
     first, second = (2, 4), (8 + 1, 8 + 2)  # slot coordinates of the packed row
     start = torch.tensor([[first[0]] * 8 + [second[0]] * 8])
     end = torch.tensor([[first[1]] * 8 + [second[1]] * 8])
-    alone = masks.gist(torch.tensor([[0] * 6]), torch.tensor([1]), torch.tensor([2]))
-    neg_alone = masks.gist_neg_control(torch.tensor([[0] * 6]), torch.tensor([1]), torch.tensor([2]))
-    cases = ((masks.gist, alone, GIST_EXPECTED), (masks.gist_neg_control, neg_alone, GIST_NEG_EXPECTED))
+    alone = gist_masks.gist(torch.tensor([[0] * 6]), torch.tensor([1]), torch.tensor([2]))
+    neg_alone = gist_masks.gist_neg_control(torch.tensor([[0] * 6]), torch.tensor([1]), torch.tensor([2]))
+    cases = ((gist_masks.gist, alone, GIST_EXPECTED), (gist_masks.gist_neg_control, neg_alone, GIST_NEG_EXPECTED))
     for packed, one, expected in cases:
         got = dense2d(packed(doc, start, end), S=16)[0]
         assert torch.equal(got[:8, :8], expected)
@@ -93,11 +95,11 @@ def test_per_slot_spans_pack_gist_prompts_in_one_row():
         assert not got[8:14, :8].any() and not got[:8, 8:].any()
         assert torch.equal(got[14:, 14:], torch.eye(2, dtype=torch.bool))  # padding sees itself
     with pytest.raises(ValueError, match="per slot"):
-        masks.gist(doc, start[:, :8], end[:, :8])
+        gist_masks.gist(doc, start[:, :8], end[:, :8])
 
 
 def test_row_without_gists_is_causal():
-    fn = masks.gist(GIST_DOC, torch.tensor([8]), torch.tensor([8]))
+    fn = gist_masks.gist(GIST_DOC, torch.tensor([8]), torch.tensor([8]))
     assert torch.equal(dense2d(fn)[0], CAUSAL8)
 
 
@@ -110,7 +112,7 @@ GPTHF_EOS[1, [1, 4]] = True
 
 
 def test_gpthf_encoder():
-    got = dense2d(masks.gpthf_encoder(GPTHF_DOC, GPTHF_EOS), B=2)
+    got = dense2d(gpthf_masks.gpthf_encoder(GPTHF_DOC, GPTHF_EOS), B=2)
     row0 = matrix(
         "10000000",
         "11000000",
@@ -136,7 +138,7 @@ def test_gpthf_encoder():
 
 
 def test_gpthf_body():
-    got = dense2d(masks.gpthf_body(GPTHF_DOC, GPTHF_EOS), B=2)
+    got = dense2d(gpthf_masks.gpthf_body(GPTHF_DOC, GPTHF_EOS), B=2)
     row0 = matrix(
         "10000000",
         "01000000",
@@ -182,10 +184,10 @@ def test_document_causal():
     [
         masks.causal(),
         masks.document_causal(GPTHF_DOC),
-        masks.gpthf_encoder(GPTHF_DOC, GPTHF_EOS),
-        masks.gpthf_body(GPTHF_DOC, GPTHF_EOS),
-        masks.gist(GPTHF_DOC, torch.tensor([2, 1]), torch.tensor([4, 2])),
-        masks.gist_neg_control(GPTHF_DOC, torch.tensor([2, 1]), torch.tensor([4, 2])),
+        gpthf_masks.gpthf_encoder(GPTHF_DOC, GPTHF_EOS),
+        gpthf_masks.gpthf_body(GPTHF_DOC, GPTHF_EOS),
+        gist_masks.gist(GPTHF_DOC, torch.tensor([2, 1]), torch.tensor([4, 2])),
+        gist_masks.gist_neg_control(GPTHF_DOC, torch.tensor([2, 1]), torch.tensor([4, 2])),
     ],
 )
 @pytest.mark.parametrize("q_offset,Q", [(7, 1), (5, 3), (3, 2)])
@@ -198,17 +200,17 @@ def test_q_offset_rows_equal_full_mask(fn, q_offset, Q):
 
 def test_every_row_has_a_visible_key():
     doc = torch.tensor([[-1] * 8])
-    for fn in (masks.document_causal(doc), masks.gpthf_body(doc, torch.zeros(1, 8, dtype=torch.bool))):
+    for fn in (masks.document_causal(doc), gpthf_masks.gpthf_body(doc, torch.zeros(1, 8, dtype=torch.bool))):
         assert torch.equal(dense2d(fn)[0], torch.eye(8, dtype=torch.bool))
 
 
 def test_bad_metadata_is_a_clear_error():
     with pytest.raises(ValueError, match="eos_mask must be bool"):
-        masks.gpthf_body(GPTHF_DOC, GPTHF_EOS.long())
+        gpthf_masks.gpthf_body(GPTHF_DOC, GPTHF_EOS.long())
     with pytest.raises(ValueError, match="eos_mask shape"):
-        masks.gpthf_encoder(GPTHF_DOC, GPTHF_EOS[:, :4])
+        gpthf_masks.gpthf_encoder(GPTHF_DOC, GPTHF_EOS[:, :4])
     with pytest.raises(ValueError, match="gist_start <= gist_end"):
-        masks.gist(GIST_DOC, torch.tensor([4]), torch.tensor([2]))
+        gist_masks.gist(GIST_DOC, torch.tensor([4]), torch.tensor([2]))
     with pytest.raises(ValueError, match="document_ids must be an integer"):
         masks.document_causal(GIST_DOC.float())
 
@@ -216,5 +218,5 @@ def test_bad_metadata_is_a_clear_error():
 def test_empty_gist_span_inside_the_sequence_is_refused():
     docs = torch.zeros(1, 8, dtype=torch.long)
     with pytest.raises(ValueError, match="without gists"):
-        masks.gist(docs, torch.tensor([3]), torch.tensor([3]))
-    masks.gist(docs, torch.tensor([8]), torch.tensor([8]))  # no gists: plain causal, allowed
+        gist_masks.gist(docs, torch.tensor([3]), torch.tensor([3]))
+    gist_masks.gist(docs, torch.tensor([8]), torch.tensor([8]))  # no gists: plain causal, allowed

@@ -3,13 +3,12 @@ multi-key alignment, reusing the sentence model."""
 
 import hashlib
 import json
-import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from distributed_helpers import REPO_ROOT
+from distributed_helpers import REPO_ROOT, as_command
 
 from megacompress.data.document_dataset import DocumentDataset, DocumentDatasetConfig
 from megacompress.data.indexed import IndexedDataset
@@ -188,7 +187,7 @@ def test_invalid_sentence_model_is_a_clear_error(tmp_path, capsys, content, mess
     bad = tmp_path / "bad.sentences.json"
     bad.write_text(content)
     with pytest.raises(SystemExit) as info:
-        main(["--input", str(tmp_path / "in.jsonl"), "--output-prefix", str(tmp_path / "out"), "--tokenizer", "bytes",
+        as_command(main, ["--input", str(tmp_path / "in.jsonl"), "--output-prefix", str(tmp_path / "out"), "--tokenizer", "bytes",
               "--split-sentences", "--sentence-model", str(bad)])
     assert info.value.code == 2 and f"error: {bad}: {message}" in capsys.readouterr().err
     assert not list(tmp_path.glob("out*"))
@@ -198,7 +197,7 @@ def test_invalid_sentence_model_is_a_clear_error(tmp_path, capsys, content, mess
 def test_zero_documents_is_an_error_and_leaves_no_shard(tmp_path, capsys, records):
     (tmp_path / "in.jsonl").write_text(records)
     with pytest.raises(SystemExit) as info:
-        main(["--input", str(tmp_path / "in.jsonl"), "--output-prefix", str(tmp_path / "out"), "--tokenizer", "bytes"])
+        as_command(main, ["--input", str(tmp_path / "in.jsonl"), "--output-prefix", str(tmp_path / "out"), "--tokenizer", "bytes"])
     err = capsys.readouterr().err
     assert info.value.code == 2 and "error: no document written, so no shard was kept" in err
     assert f"missing_key {1 if records else 0}" in err and "done: 0 documents" in err
@@ -207,7 +206,7 @@ def test_zero_documents_is_an_error_and_leaves_no_shard(tmp_path, capsys, record
 
 def test_a_directory_as_input_is_named_as_such(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(["--input", str(tmp_path), "--output-prefix", str(tmp_path / "out")])
+        as_command(main, ["--input", str(tmp_path), "--output-prefix", str(tmp_path / "out")])
     assert f"{tmp_path}: is a directory; give its files or a glob such as" in capsys.readouterr().err
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from distributed_helpers import REPO_ROOT
+from distributed_helpers import REPO_ROOT, as_command
 from megacompress.data import preprocess
 
 SHARD_FILES = (".bin", ".idx", ".eos.bin", ".eos.idx", ".meta.json", ".sentences.json")
@@ -25,15 +25,19 @@ def corpus(tmp_path_factory) -> Path:
     return path
 
 
+def pack_argv(corpus: Path, prefix: Path, *extra: str) -> list[str]:
+    return ["--input", str(corpus), "--output-prefix", str(prefix), "--tokenizer", "bytes", "--append-eod",
+            "--split-sentences", "--chunk-bytes", "4096", *extra]
+
+
 def pack(corpus: Path, prefix: Path, *extra: str) -> dict:
-    return preprocess.main(["--input", str(corpus), "--output-prefix", str(prefix), "--tokenizer", "bytes",
-                            "--append-eod", "--split-sentences", "--chunk-bytes", "4096", *extra])
+    return preprocess.main(pack_argv(corpus, prefix, *extra))
 
 
 def refused(corpus: Path, prefix: Path, capsys, *extra: str) -> str:
     """Run ``pack`` expecting a user error (exit 2); returns its ``error: ...`` line."""
     with pytest.raises(SystemExit) as exit_:
-        pack(corpus, prefix, *extra)
+        as_command(preprocess.main, pack_argv(corpus, prefix, *extra))  # as its command line runs it
     assert exit_.value.code == 2
     return capsys.readouterr().err
 

@@ -1,4 +1,4 @@
-"""launchers/slurm.py on a real one-node local SLURM cluster (submitit, 2 CPU tasks, gloo, ZeRO-2).
+"""megacompress launch slurm (megacompress.launch.slurm) on a real one-node local SLURM cluster (submitit, 2 CPU tasks, gloo, ZeRO-2).
 
 * a 2-task job trains the tiny GPT, writes metrics and checkpoints, and matches the
   single-process losses;
@@ -24,7 +24,7 @@ import pytest
 from distributed_helpers import REPO_ROOT
 from launch_fixtures import (CONFIG, TRAIN_STEPS, checked, job_field, preempt_and_resume, read_losses, set_args,
                              slurm_launch, task_logs, tiny_run)
-from launchers import slurm
+from megacompress.launch import slurm
 
 REL = 1e-5
 

@@ -1,4 +1,4 @@
-"""launchers/slurm.py across two SLURM nodes (n1 at 127.0.0.2, n2 at 127.0.0.3; one CPU task each).
+"""megacompress launch slurm across two SLURM nodes (n1 at 127.0.0.2, n2 at 127.0.0.3; one CPU task each).
 
 * a 2-node ZeRO-2 job of the tiny GPT ends with the single-process losses, one rank per
   node, rendezvous at n1's address from SLURM (the node names do not resolve);

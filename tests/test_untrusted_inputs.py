@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from megacompress.data.tokenizers import (TOKENIZER_RECORD, BytesTokenizer, check_model_tokenizer, model_tokenizer,
                                           save_tokenizer)
-from megacompress.generation import gist_cache
+from megacompress.methods.gist import cache as gist_cache
 from megacompress.integrity import IntegrityError, digest_file
 from megacompress.models import GPT, ModelConfig, load_pretrained, pretrained
 from workers.equal_info_m1 import save_tiny_m1
@@ -81,7 +81,7 @@ def test_generate_refuses_unreadable_weights_in_one_line(tmp_path):
 @pytest.fixture(scope="module")
 def gist(tmp_path_factory):
     """(model dir, model, format, a stored cache of two instructions)."""
-    from megacompress.data.instruction_dataset import InstructionFormat
+    from megacompress.methods.gist.data import InstructionFormat
     from megacompress.data.tokenizers import build_tokenizer
 
     root = tmp_path_factory.mktemp("gist")
@@ -225,8 +225,8 @@ def test_preprocess_refuses_an_output_prefix_under_a_file(tmp_path):
 
 
 def test_bitstream_meta_and_m1_errors_name_the_file(tmp_path):
-    from megacompress.compression.m1 import M1, M1Error
-    from megacompress.compression.tokenizer import BitstreamTokenizer
+    from megacompress.methods.equal_info.m1 import M1, M1Error
+    from megacompress.methods.equal_info.tokenizer import BitstreamTokenizer
 
     meta = tmp_path / "shard.meta.json"
     for text in ("[1]", '{"codec": {"scheme": "equal_info", "nonsense": 1}}', '{"codec": 5}',
@@ -254,7 +254,7 @@ def test_bitstream_meta_and_m1_errors_name_the_file(tmp_path):
 
 
 def test_a_token_shard_meta_names_its_tokenizer_model_beside_the_shard(tmp_path):
-    from megacompress.compression.evaluate import shard_tokenizer
+    from megacompress.methods.equal_info.evaluate import shard_tokenizer
 
     meta = {"tokenizer": {"name": "sentencepiece", "model": "../../../../etc/passwd", "fingerprint": "0" * 64,
                           "vocab_size": 300}, "flags": {"append_eod": True}}

@@ -1,9 +1,10 @@
 """Entry point: ``python tools/compress_corpus.py --help`` (see docs/equal_info.md).
 
-Thin wrapper around :mod:`megacompress.compression.compress`.
+The same as ``megacompress equal-info compress``: a thin wrapper around :mod:`megacompress.methods.equal_info.compress`.
 """
 
-from megacompress.compression.compress import main
+from megacompress import cli
+from megacompress.methods.equal_info.compress import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli.run(main))

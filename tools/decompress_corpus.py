@@ -1,9 +1,10 @@
 """Entry point: ``python tools/decompress_corpus.py --help`` (see docs/equal_info.md).
 
-Thin wrapper around :mod:`megacompress.compression.decompress`.
+The same as ``megacompress equal-info decompress``: a thin wrapper around :mod:`megacompress.methods.equal_info.decompress`.
 """
 
-from megacompress.compression.decompress import main
+from megacompress import cli
+from megacompress.methods.equal_info.decompress import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli.run(main))

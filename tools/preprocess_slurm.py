@@ -22,14 +22,11 @@ import shlex
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python tools/preprocess_slurm.py`: make `launchers` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import submitit
 
-import submitit  # noqa: E402
-
-from launchers.common import REPO_ROOT, LaunchError  # noqa: E402
-from launchers.slurm import add_queue_arguments, queue_parameters  # noqa: E402
-from launchers.slurm_job import EntryPointJob  # noqa: E402
+from megacompress.launch.common import REPO_ROOT, LaunchError
+from megacompress.launch.slurm import add_queue_arguments, queue_parameters
+from megacompress.launch.slurm_job import EntryPointJob
 
 MODULE = "megacompress.data.preprocess"
 

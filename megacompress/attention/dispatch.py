@@ -2,7 +2,7 @@
 
 Usage (once per batch, then in every layer)::
 
-    mask = AttentionMask.build("gpthf_encoder", document_ids=ids, eos_mask=eos)
+    mask = AttentionMask.build("document_causal", document_ids=ids)   # a kind's metadata as keywords
     prepared = prepare(mask, backend="auto", device=q.device)
     out = attend(q, k, v, prepared)      # q [B, Hq, Q, D], k/v [B, Hkv, KV, D] -> [B, Hq, Q, D]
 
@@ -11,8 +11,8 @@ Automatic choice (``backend="auto"``):
 * plain causal full-sequence mask (``kind="causal"``, ``q_offset=0``, ``Q == KV``)
   -> ``sdpa`` with ``is_causal=True`` (no mask tensor), on every device;
 * CPU -> ``sdpa`` with the dense boolean mask (the only CPU path with a backward);
-* CUDA, block-diagonal kind (``document_causal``, ``gpthf_encoder``), full sequence,
-  flash-attn importable and ``dtype`` not float32 -> ``flash`` (varlen);
+* CUDA, block-diagonal kind (``MaskKind.block_diagonal``: ``document_causal`` and any
+  registered kind that declares ``block_starts``), full sequence, flash-attn importable and ``dtype`` not float32 -> ``flash`` (varlen);
 * CUDA decode step (queries after cached keys, ``q_len <= DECODE_SDPA_MAX_Q``) -> ``sdpa``
   with the dense mask: its ``[B, 1, Q, KV]`` mask is small, and Flex compiled with static
   shapes would recompile for every new key length (torch gives up after 8 and runs eager);
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -51,7 +51,7 @@ class AttentionMask:
     call sit at ``q_offset .. q_offset + q_len - 1`` and see keys ``0 .. kv_len - 1``.
     ``q_offset`` is an int, or an int64 ``[B]`` tensor when rows of a KV cache have
     different lengths (row b's queries at ``q_offset[b] ..``).
-    ``document_ids`` / ``eos_mask`` (``[B, S]``) are kept for flash-attn's
+    ``document_ids`` and the kind's ``metadata`` tensors are kept for flash-attn's
     ``cu_seqlens`` (block-diagonal kinds only).
     """
 
@@ -62,11 +62,10 @@ class AttentionMask:
     q_offset: int | Tensor = 0
     kind: str = "document_causal"
     document_ids: Tensor | None = None
-    eos_mask: Tensor | None = None
+    metadata: dict[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kind not in masks.FACTORIES:
-            raise ValueError(f"AttentionMask: unknown kind {self.kind!r}; expected one of {sorted(masks.FACTORIES)}")
+        masks.get_mask_kind(self.kind)  # unknown kinds are an error naming the registered ones
         if isinstance(self.q_offset, Tensor) and self.q_offset.shape != (self.batch,):
             raise ValueError(f"AttentionMask: a per-row q_offset must have shape [{self.batch}], "
                              f"got {tuple(self.q_offset.shape)}")
@@ -89,36 +88,23 @@ class AttentionMask:
         kind: str,
         *,
         document_ids: Tensor | None = None,
-        eos_mask: Tensor | None = None,
-        gist_start: Tensor | None = None,
-        gist_end: Tensor | None = None,
         batch: int | None = None,
         q_len: int | None = None,
         kv_len: int | None = None,
         q_offset: int | Tensor = 0,
+        **metadata: Tensor | None,
     ) -> "AttentionMask":
         """Build the mask of ``kind`` from batch metadata (see :mod:`megacompress.attention.masks`).
 
+        ``metadata``: the keyword tensors the kind declares (`masks.MaskKind.metadata`); others
+        are ignored, so a caller may pass one batch's metadata to several kinds.
         Defaults: ``kv_len = S`` (the metadata length) and ``q_len = kv_len - q_offset``
         (an int ``q_offset``; a per-row one needs ``q_len``).
         ``causal`` needs no metadata but then needs ``batch`` and ``kv_len``.
         """
-        if kind not in masks.FACTORIES:
-            raise ValueError(f"AttentionMask.build: unknown kind {kind!r}; expected one of {sorted(masks.FACTORIES)}")
-        if kind == "causal":
-            fn = masks.causal()
-        elif document_ids is None:
-            raise ValueError(f"AttentionMask.build({kind!r}): document_ids is required")
-        elif kind == "document_causal":
-            fn = masks.document_causal(document_ids)
-        elif kind in ("gpthf_encoder", "gpthf_body"):
-            if eos_mask is None:
-                raise ValueError(f"AttentionMask.build({kind!r}): eos_mask is required")
-            fn = masks.FACTORIES[kind](document_ids, eos_mask)
-        else:
-            if gist_start is None or gist_end is None:
-                raise ValueError(f"AttentionMask.build({kind!r}): gist_start and gist_end are required")
-            fn = masks.FACTORIES[kind](document_ids, gist_start, gist_end)
+        spec = masks.get_mask_kind(kind)
+        fn = spec.build(document_ids, metadata)
+        metadata = {k: metadata[k] for k in spec.metadata} if spec.needs_documents else {}
         if document_ids is not None:
             batch = document_ids.shape[0] if batch is None else batch
             kv_len = document_ids.shape[1] if kv_len is None else kv_len
@@ -128,7 +114,7 @@ class AttentionMask:
             if isinstance(q_offset, Tensor):
                 raise ValueError(f"AttentionMask.build({kind!r}): a per-row q_offset needs q_len")
             q_len = kv_len - q_offset
-        return cls(fn, batch, q_len, kv_len, q_offset, kind, document_ids, eos_mask)
+        return cls(fn, batch, q_len, kv_len, q_offset, kind, document_ids, metadata)
 
     @property
     def min_q_offset(self) -> int:
@@ -173,7 +159,7 @@ def choose_backend(mask: AttentionMask, device: torch.device, dtype: torch.dtype
     if mask.is_plain_causal or device.type != "cuda" or mask.is_decode_step:
         return "sdpa"
     if (
-        mask.kind in masks.BLOCK_DIAGONAL_KINDS
+        masks.get_mask_kind(mask.kind).block_diagonal
         and mask.is_full_sequence
         and dtype != torch.float32
         and flash_available()

@@ -6,13 +6,13 @@ token stream. The block-diagonal kinds map onto segments of the flattened
 
 * ``causal``: one segment per row;
 * ``document_causal``: runs of equal ``document_ids``;
-* ``gpthf_encoder``: runs of equal (document, sentence) — a new segment also
-  starts right after every EOS token;
+* any other registered kind with ``block_starts``: runs of equal document, cut further
+  where its ``block_starts`` says (e.g. after every sentence end);
 * padding (``document_ids == -1``): every padding token is its own length-1
   segment, which is exactly the shared padding rule (a padding query sees itself).
 
 ``cu_seqlens`` (int32 ``[N + 1]``) holds the segment starts plus the total
-``B * S``; ``max_seqlen`` is the longest segment. Other kinds (GPTHF body, gist)
+``B * S``; ``max_seqlen`` is the longest segment. Other kinds (no ``block_starts``)
 and decode steps cannot be expressed and raise ``ValueError``. flash-attn is
 imported lazily (``pip install 'megacompress[gpu]'`` on a CUDA machine).
 """
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from megacompress.attention.masks import BLOCK_DIAGONAL_KINDS
+from megacompress.attention import masks
 
 if TYPE_CHECKING:
     from megacompress.attention.dispatch import AttentionMask
@@ -33,9 +33,11 @@ if TYPE_CHECKING:
 
 def segment_starts(mask: "AttentionMask", device: torch.device | str | None = None) -> Tensor:
     """Bool ``[B, S]``: True where a new segment of the flattened batch begins (see module docstring)."""
-    if mask.kind not in BLOCK_DIAGONAL_KINDS:
+    kind = masks.get_mask_kind(mask.kind)
+    if not kind.block_diagonal:
+        block_kinds = [k for k in masks.mask_kinds() if masks.get_mask_kind(k).block_diagonal]
         raise ValueError(
-            f"attention backend 'flash' cannot express mask {mask.kind!r} (only {sorted(BLOCK_DIAGONAL_KINDS)}); "
+            f"attention backend 'flash' cannot express mask {mask.kind!r} (only {block_kinds}); "
             "use backend='flex' or 'sdpa'"
         )
     if not mask.is_full_sequence:
@@ -46,14 +48,12 @@ def segment_starts(mask: "AttentionMask", device: torch.device | str | None = No
     B, S = mask.batch, mask.kv_len
     starts = torch.zeros(B, S, dtype=torch.bool, device=device)
     starts[:, 0] = True
-    if mask.kind == "causal":
+    if not kind.needs_documents:
         return starts
     doc = mask.document_ids[:, :S].to(device)
     starts[:, 1:] |= doc[:, 1:] != doc[:, :-1]
     starts |= doc < 0
-    if mask.kind == "gpthf_encoder":
-        starts[:, 1:] |= mask.eos_mask[:, : S - 1].to(device)
-    return starts
+    return starts | kind.block_starts(doc, **{k: t[:, :S].to(device) for k, t in mask.metadata.items()})
 
 
 def varlen_metadata(mask: "AttentionMask", device: torch.device | str | None = None) -> tuple[Tensor, int]:

@@ -1,4 +1,4 @@
-"""Attention mask functions: one function per pattern, usable by every backend.
+"""Attention mask functions and the mask-kind registry: one function per pattern, used by every backend.
 
 A *mask function* has FlexAttention's ``mask_mod`` signature::
 
@@ -10,38 +10,99 @@ and uses only tensor indexing and elementwise ops, so the same function
 * materialises a dense ``[B, 1, Q, KV]`` boolean mask when called with broadcast
   ``arange`` index tensors (:func:`dense`, used by SDPA and by the tests).
 
-Factories close over per-sample ``[B, S]`` metadata (see docs/architecture.md,
-"Samples and batches"): ``document_ids`` int64 (``-1`` = padding), ``eos_mask``
-bool (True at sentence-end tokens), and for gist rows ``gist_start`` /
-``gist_end`` int64 ``[B]`` (index of the first gist, index after the last gist; a
-row without gists uses ``gist_start == gist_end >= S``, which makes it causal), or
-``[B, S]``: each slot's own document's span, for rows that pack several gist prompts.
-``q_idx`` / ``kv_idx`` are absolute positions in the sample (decode steps shift
-``q_idx`` with :func:`with_q_offset`). Documents are contiguous runs of equal
-``document_ids``.
+A *mask kind* is a named factory registered with :func:`register_mask_kind`. This module
+registers the two generic kinds, ``causal`` and ``document_causal``; a method registers its
+own kinds in its package (docs/architecture.md, "Adding a method"). A factory takes
+``document_ids`` (int64 ``[B, S]``, ``-1`` = padding; see docs/architecture.md, "Samples and
+batches") and the keyword tensors the kind declares as its ``metadata``, which the model
+passes explicitly to ``AttentionMask.build``. ``q_idx`` / ``kv_idx`` are absolute positions in
+the sample (decode steps shift ``q_idx`` with :func:`with_q_offset`). Documents are contiguous
+runs of equal ``document_ids``.
 
-Padding rule (identical in every backend): every pattern also requires
-``kv <= q``, equal document ids and a non-padding query; a *padding query*
-(``document_ids[q] == -1``) attends to itself only, so its row is never empty
-(no NaN in forward or backward) and its output is ``v[q]``. Padding keys are
-never visible to real queries.
+Padding rule (identical in every backend and every kind, through :func:`same_document`):
+every pattern also requires ``kv <= q``, equal document ids and a non-padding query; a
+*padding query* (``document_ids[q] == -1``) attends to itself only, so its row is never
+empty (no NaN in forward or backward) and its output is ``v[q]``. Padding keys are never
+visible to real queries.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from megacompress import plugins
+
 MaskFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
-# Patterns whose allowed set is block-diagonal-causal (contiguous blocks, causal
-# inside each block): flash-attn varlen can express exactly these.
-BLOCK_DIAGONAL_KINDS = frozenset({"causal", "document_causal", "gpthf_encoder"})
 
 
-def _check_ids(name: str, t: Tensor, ndim: int, *, bool_ok: bool = False) -> None:
+@dataclass(frozen=True)
+class MaskKind:
+    """A registered mask pattern.
+
+    ``factory(document_ids, **metadata) -> MaskFn`` (``factory()`` when ``needs_documents`` is
+    False); ``metadata``: the names of the keyword tensors it needs besides ``document_ids``.
+    ``block_starts``: for a pattern that is block-diagonal-causal (contiguous blocks, causal
+    inside each) — the only kind flash-attn's varlen kernel can express — a function
+    ``(document_ids, **metadata) -> bool [B, S]``, True where a block starts *inside* a document
+    (document starts and padding are added by the flash backend); ``None`` for other patterns.
+    """
+
+    name: str
+    factory: Callable[..., MaskFn]
+    metadata: tuple[str, ...] = ()
+    needs_documents: bool = True
+    block_starts: Callable[..., Tensor] | None = None
+
+    @property
+    def block_diagonal(self) -> bool:
+        return self.block_starts is not None
+
+    def build(self, document_ids: Tensor | None, metadata: dict[str, Tensor]) -> MaskFn:
+        if not self.needs_documents:
+            return self.factory()
+        if document_ids is None:
+            raise ValueError(f"mask kind {self.name!r}: document_ids is required")
+        missing = [k for k in self.metadata if metadata.get(k) is None]
+        if missing:
+            raise ValueError(f"mask kind {self.name!r}: {' and '.join(missing)} "
+                             f"{'is' if len(missing) == 1 else 'are'} required")
+        return self.factory(document_ids, **{k: metadata[k] for k in self.metadata})
+
+
+_KINDS: dict[str, MaskKind] = {}
+
+
+def register_mask_kind(name: str, factory: Callable[..., MaskFn], *, metadata: Iterable[str] = (),
+                       needs_documents: bool = True, block_starts: Callable[..., Tensor] | None = None) -> MaskKind:
+    """Add a mask kind (a name is registered once; the same factory again is a no-op)."""
+    kind = MaskKind(name, factory, tuple(metadata), needs_documents, block_starts)
+    known = _KINDS.get(name)
+    if known is not None and known.factory is not factory:
+        raise ValueError(f"mask kind {name!r} is already registered ({known.factory.__qualname__})")
+    _KINDS[name] = kind
+    return kind
+
+
+def mask_kinds() -> list[str]:
+    """Every registered kind, in registration order (the generic ones first)."""
+    plugins.load_methods()
+    return list(_KINDS)
+
+
+def get_mask_kind(name: str) -> MaskKind:
+    if name not in _KINDS:
+        plugins.load_methods()
+    if name not in _KINDS:
+        raise ValueError(f"unknown attention mask kind {name!r}; registered: {', '.join(_KINDS)}")
+    return _KINDS[name]
+
+
+def check_ids(name: str, t: Tensor, ndim: int, *, bool_ok: bool = False) -> None:
     if not isinstance(t, Tensor) or t.dim() != ndim:
         raise ValueError(f"attention.masks: {name} must be a {ndim}-d tensor, got {getattr(t, 'shape', type(t))}")
     if bool_ok:
@@ -51,56 +112,11 @@ def _check_ids(name: str, t: Tensor, ndim: int, *, bool_ok: bool = False) -> Non
         raise ValueError(f"attention.masks: {name} must be an integer tensor, got {t.dtype}")
 
 
-def _check_eos(document_ids: Tensor, eos_mask: Tensor) -> None:
-    _check_ids("document_ids", document_ids, 2)
-    _check_ids("eos_mask", eos_mask, 2, bool_ok=True)
-    if eos_mask.shape != document_ids.shape:
-        raise ValueError(
-            f"attention.masks: eos_mask shape {tuple(eos_mask.shape)} != document_ids shape {tuple(document_ids.shape)}"
-        )
-
-
-def _check_gist(document_ids: Tensor, gist_start: Tensor, gist_end: Tensor) -> None:
-    _check_ids("document_ids", document_ids, 2)
-    per_slot = gist_start.dim() == 2
-    _check_ids("gist_start", gist_start, 2 if per_slot else 1)
-    _check_ids("gist_end", gist_end, 2 if per_slot else 1)
-    shape = tuple(document_ids.shape) if per_slot else (document_ids.shape[0],)
-    if tuple(gist_start.shape) != shape or tuple(gist_end.shape) != shape:
-        raise ValueError(
-            f"attention.masks: gist_start/gist_end must have shape [{document_ids.shape[0]}] (per row) or "
-            f"{list(document_ids.shape)} (per slot), got {tuple(gist_start.shape)} / {tuple(gist_end.shape)}"
-        )
-    if bool((gist_start < 0).any()) or bool((gist_end < gist_start).any()):
-        raise ValueError("attention.masks: need 0 <= gist_start <= gist_end in every row")
-    # An empty gist span inside the sequence would silently act as the negative control.
-    seq = document_ids.shape[1]
-    if bool(((gist_start == gist_end) & (gist_start < seq)).any()):
-        raise ValueError(f"attention.masks: a row without gists needs gist_start == gist_end >= {seq} "
-                         "(the sequence length); an empty span inside the sequence is ambiguous")
-
-
-def _span(span: Tensor, b: Tensor, q_idx: Tensor) -> Tensor:
-    """The gist span bound that applies to query ``q_idx`` of row ``b`` (per row or per slot)."""
-    return span[b] if span.dim() == 1 else span[b, q_idx]
-
-
-def _same_document(document_ids: Tensor, b: Tensor, q_idx: Tensor, kv_idx: Tensor, allowed: Tensor) -> Tensor:
+def same_document(document_ids: Tensor, b: Tensor, q_idx: Tensor, kv_idx: Tensor, allowed: Tensor) -> Tensor:
     """``allowed`` restricted to real queries and keys of the query's document; padding queries see themselves."""
     q_doc = document_ids[b, q_idx]
     real = q_doc >= 0
     return (real & allowed & (document_ids[b, kv_idx] == q_doc)) | (~real & (q_idx == kv_idx))
-
-
-def sentence_ids(eos_mask: Tensor) -> Tensor:
-    """``[B, S]`` int64: number of EOS tokens strictly before each position in its row.
-
-    The EOS token belongs to the sentence it ends. Counting over the whole row
-    instead of per document is equivalent wherever it is used, because the
-    masks also require equal document ids and documents are contiguous.
-    """
-    eos = eos_mask.to(torch.int64)
-    return torch.cumsum(eos, dim=1) - eos
 
 
 def causal() -> MaskFn:
@@ -114,65 +130,12 @@ def causal() -> MaskFn:
 
 def document_causal(document_ids: Tensor) -> MaskFn:
     """Causal within each document (packed samples), padding rule as in the module docstring."""
-    _check_ids("document_ids", document_ids, 2)
+    check_ids("document_ids", document_ids, 2)
 
     def document_causal_mask(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-        return _same_document(document_ids, b, q_idx, kv_idx, kv_idx <= q_idx)
+        return same_document(document_ids, b, q_idx, kv_idx, kv_idx <= q_idx)
 
     return document_causal_mask
-
-
-def gpthf_encoder(document_ids: Tensor, eos_mask: Tensor) -> MaskFn:
-    """GPTHF word-level encoder: causal within one sentence of one document (SPEC §1)."""
-    _check_eos(document_ids, eos_mask)
-    sent = sentence_ids(eos_mask)
-
-    def gpthf_encoder_mask(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-        allowed = (kv_idx <= q_idx) & (sent[b, kv_idx] == sent[b, q_idx])
-        return _same_document(document_ids, b, q_idx, kv_idx, allowed)
-
-    return gpthf_encoder_mask
-
-
-def gpthf_body(document_ids: Tensor, eos_mask: Tensor) -> MaskFn:
-    """GPTHF sentence-level body: a query sees itself and every earlier EOS of its document (SPEC §1)."""
-    _check_eos(document_ids, eos_mask)
-
-    def gpthf_body_mask(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-        allowed = (kv_idx == q_idx) | ((kv_idx <= q_idx) & eos_mask[b, kv_idx])
-        return _same_document(document_ids, b, q_idx, kv_idx, allowed)
-
-    return gpthf_body_mask
-
-
-def _after_gists_see_from(document_ids: Tensor, gist_start: Tensor, gist_end: Tensor,
-                          first_visible: Tensor) -> MaskFn:
-    """Causal + padding, except that queries ``q >= gist_end`` see only keys ``kv >= first_visible``
-    (of the row, or of the query's slot: `_span`)."""
-    _check_gist(document_ids, gist_start, gist_end)
-
-    def mask(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-        after_gists = q_idx >= _span(gist_end, b, q_idx)
-        allowed = (kv_idx <= q_idx) & (~after_gists | (kv_idx >= _span(first_visible, b, q_idx)))
-        return _same_document(document_ids, b, q_idx, kv_idx, allowed)
-
-    return mask
-
-
-def gist(document_ids: Tensor, gist_start: Tensor, gist_end: Tensor) -> MaskFn:
-    """Gist mask (SPEC §2): queries ``q >= gist_end`` see only keys ``kv >= gist_start``; others are causal."""
-    return _after_gists_see_from(document_ids, gist_start, gist_end, gist_start)
-
-
-def gist_pos_control(document_ids: Tensor, gist_start: Tensor, gist_end: Tensor) -> MaskFn:
-    """Gist positive control: plain causal + padding (no compression; upper bound)."""
-    _check_gist(document_ids, gist_start, gist_end)
-    return document_causal(document_ids)
-
-
-def gist_neg_control(document_ids: Tensor, gist_start: Tensor, gist_end: Tensor) -> MaskFn:
-    """Gist negative control: queries ``q >= gist_end`` see neither instruction nor gists (``kv >= gist_end``)."""
-    return _after_gists_see_from(document_ids, gist_start, gist_end, gist_end)
 
 
 def with_q_offset(mask_fn: MaskFn, q_offset: int | Tensor) -> MaskFn:
@@ -211,12 +174,9 @@ def dense(
     return with_q_offset(mask_fn, q_offset)(b, h, q, kv).expand(B, 1, Q, KV)
 
 
-FACTORIES: dict[str, Callable[..., MaskFn]] = {
-    "causal": causal,
-    "document_causal": document_causal,
-    "gpthf_encoder": gpthf_encoder,
-    "gpthf_body": gpthf_body,
-    "gist": gist,
-    "gist_pos_control": gist_pos_control,
-    "gist_neg_control": gist_neg_control,
-}
+def _no_block_starts(document_ids: Tensor) -> Tensor:
+    return torch.zeros_like(document_ids, dtype=torch.bool)
+
+
+register_mask_kind("causal", causal, needs_documents=False, block_starts=_no_block_starts)
+register_mask_kind("document_causal", document_causal, block_starts=_no_block_starts)

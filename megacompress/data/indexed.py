@@ -36,6 +36,8 @@ from array import array
 
 import numpy as np
 
+from megacompress.errors import UserError
+
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
 _HEADER_SIZE = len(INDEX_MAGIC) + 8 + 1 + 8 + 8  # 34 bytes
@@ -56,7 +58,7 @@ _CODE_OF = {dtype: code for code, dtype in DTYPE_CODES.items()}
 _COPY_CHUNK = 16 << 20  # bytes per read when merging .bin files
 
 
-class ShardError(ValueError):
+class ShardError(UserError, ValueError):
     """A shard is missing, truncated, corrupt or incompatible; the message names the file."""
 
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import os
 
+from megacompress.errors import UserError
 from megacompress.atomic import write_text_atomic
 from megacompress.data.indexed import IndexedDatasetWriter, bin_path, idx_path
 
 
-class PartitionError(ValueError):
+class PartitionError(UserError, ValueError):
     """A partition that is missing, unfinished or packed with other settings than the merge's."""
 
 

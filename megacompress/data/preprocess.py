@@ -52,6 +52,7 @@ from megacompress.data import readers
 from megacompress.data.index_cache import file_records
 from megacompress.data.indexed import DTYPE_CODES, IndexedDatasetWriter, best_dtype, cast_tokens
 from megacompress.data.tokenizers import TOKENIZER_KINDS, build_tokenizer, encode_pieces
+from megacompress.errors import UserError
 from megacompress.progress import progress
 
 # Record-level reasons to skip a record (for every key); "incomplete": some key was unusable.
@@ -60,6 +61,10 @@ RECORD_PROBLEMS = ("blank_line", "invalid_utf8", "invalid_json", "not_an_object"
 KEY_PROBLEMS = ("missing_key", "non_string", "invalid_unicode")
 KEY_COUNTS = ("documents", "tokens", "sentences", "empty_documents", *KEY_PROBLEMS)
 SENTENCE_MODEL_SUFFIX = ".sentences.json"
+
+
+class PreprocessError(UserError, ValueError):
+    """A preprocessing request that cannot work (bad flags, a dtype too small)."""
 
 
 @dataclass
@@ -246,9 +251,9 @@ def _resolve_dtype(name: str | None, vocab_size: int) -> np.dtype:
         return best_dtype(vocab_size)
     dtype = np.dtype(name)
     if dtype not in DTYPE_CODES.values() or dtype.kind not in "iu":
-        raise ValueError(f"--dtype {name}: not an integer Megatron dtype")
+        raise PreprocessError(f"--dtype {name}: not an integer Megatron dtype")
     if np.iinfo(dtype).max < vocab_size - 1:
-        raise ValueError(f"--dtype {name}: cannot hold token ids up to {vocab_size - 1}")
+        raise PreprocessError(f"--dtype {name}: cannot hold token ids up to {vocab_size - 1}")
     return dtype
 
 
@@ -282,11 +287,11 @@ def preprocess(cfg: PreprocessConfig) -> dict:
     _STATE["tokenizer"] = tok
     dtype = _resolve_dtype(cfg.dtype, tok.vocab_size)
     if cfg.workers < 1 or cfg.partitions < 1:
-        raise ValueError("--workers and --partitions must be >= 1")
+        raise PreprocessError("--workers and --partitions must be >= 1")
     if len(set(cfg.json_keys)) != len(cfg.json_keys):
-        raise ValueError(f"--json-keys has duplicates: {cfg.json_keys}")
+        raise PreprocessError(f"--json-keys has duplicates: {cfg.json_keys}")
     if cfg.sentence_model is not None and not cfg.split_sentences:
-        raise ValueError("--sentence-model is only used with --split-sentences")
+        raise PreprocessError("--sentence-model is only used with --split-sentences")
     pm.check_index(cfg.partition_index, cfg.partitions, cfg.merge)
     if cfg.merge:
         return _merge(cfg, files, tok, dtype, t0)
@@ -567,16 +572,10 @@ def main(argv: list[str] | None = None) -> dict:
         sentence_train_chars=args.sentence_train_chars,
         sentence_model=args.sentence_model,
     )
-    try:
-        summary = preprocess(cfg)
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    summary = preprocess(cfg)
     print(_format_summary(summary))
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli.run(main))

@@ -31,6 +31,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from megacompress.errors import UserError
+
 SUPPORTED_EXTENSIONS = (".jsonl", ".json", ".parquet", ".txt")
 
 # Record payload kinds.
@@ -39,7 +41,7 @@ TEXT_FILE = "txt"  # bytes of a whole .txt file
 ROW = "row"  # a dict from datasets
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """An input path is missing, matches nothing, or has an unsupported format."""
 
 

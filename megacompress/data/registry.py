@@ -14,11 +14,9 @@ A kind is registered once, with ``register_dataset_kind(name, build, batch_keys,
 
 Every dataset object has a ``batch_keys`` attribute, the exact key set of its
 samples (``dataset_batch_keys`` reads it), so a trainer can check a dataset
-against the inputs its model declares. Built-in kinds, registered at the end of
-this module: ``gpt`` (``GPTDataset``), ``document`` (``DocumentDataset``),
-``instruction`` (gist fine-tuning records) and ``bitstream`` (Equal-Info tokens). A
-new kind registers next to them (or from a module imported before datasets are
-built); the builder needs no change.
+against the inputs its model declares. Generic kinds, registered at the end of
+this module: ``gpt`` (``GPTDataset``) and ``document`` (``DocumentDataset``). A method
+registers its own kinds in its package (`megacompress.plugins`); the builder needs no change.
 """
 
 from __future__ import annotations
@@ -26,15 +24,15 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
-from megacompress.data.bitstream_dataset import build_bitstream
+from megacompress import plugins
 from megacompress.data.collate import TOKEN_BATCH_KEYS
 from megacompress.data.document_dataset import (SENTENCE_BATCH_KEYS, DocumentDataset, DocumentDatasetConfig,
                                                 check_sidecar_files, eos_prefix)
 from megacompress.data.gpt_dataset import GPTDataset, GPTDatasetConfig
-from megacompress.data.instruction_dataset import INSTRUCTION_BATCH_KEYS, build_instruction
+from megacompress.errors import UserError
 
 
-class DataConfigError(ValueError):
+class DataConfigError(UserError, ValueError):
     """The data config or a shard's metadata is unusable; the message names the file or key."""
 
 
@@ -64,6 +62,8 @@ def register_dataset_kind(name: str, build: Callable, batch_keys: Collection[str
 def dataset_kind(name: str) -> DatasetKind:
     """The registered kind ``name``; ``DataConfigError`` listing the registered kinds otherwise."""
     if name not in _KINDS:
+        plugins.load_methods()
+    if name not in _KINDS:
         raise DataConfigError(f"data.kind {name!r}: unknown dataset kind; registered kinds: {', '.join(_KINDS)}")
     return _KINDS[name]
 
@@ -72,15 +72,19 @@ class _KindNames(Collection):
     """Live read-only view of the registered names: ``in``, iteration, and a tuple-like repr."""
 
     def __contains__(self, name) -> bool:
+        plugins.load_methods()
         return name in _KINDS
 
     def __iter__(self) -> Iterator[str]:
+        plugins.load_methods()
         return iter(tuple(_KINDS))
 
     def __len__(self) -> int:
+        plugins.load_methods()
         return len(_KINDS)
 
     def __repr__(self) -> str:
+        plugins.load_methods()
         return repr(tuple(_KINDS))
 
 
@@ -116,5 +120,3 @@ def _build_document(prefix, meta, config, seq_length, num_samples, document_rang
 
 register_dataset_kind("gpt", _build_gpt, TOKEN_BATCH_KEYS)
 register_dataset_kind("document", _build_document, TOKEN_BATCH_KEYS, SENTENCE_BATCH_KEYS - TOKEN_BATCH_KEYS)
-register_dataset_kind("instruction", build_instruction, INSTRUCTION_BATCH_KEYS)  # gist fine-tuning (SPEC §2)
-register_dataset_kind("bitstream", build_bitstream, TOKEN_BATCH_KEYS)  # compressed-text tokens (SPEC §3)

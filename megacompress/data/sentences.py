@@ -44,6 +44,8 @@ from collections.abc import Iterable
 
 from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer, PunktTrainer
 
+from megacompress.errors import UserError
+
 # Lower-cased, without the final period (Punkt's convention for abbreviation types).
 DEFAULT_ABBREVIATIONS = frozenset(
     "mr mrs ms dr st jr sr prof rev gen col capt lt sgt hon messrs mme mlle "
@@ -58,7 +60,7 @@ MODEL_VERSION = 1
 _BLANK_LINE = re.compile(r"\s*\n[^\S\n]*\n")
 
 
-class SentenceModelError(ValueError):
+class SentenceModelError(UserError, ValueError):
     """A saved sentence model is unreadable or malformed; the message names the file."""
 
 

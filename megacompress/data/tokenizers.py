@@ -5,13 +5,17 @@ All three implement the ``Tokenizer`` interface of docs/architecture.md:
 * ``encode(text)`` never produces a special id (a literal ``"<|endoftext|>"`` in the
   text is encoded as ordinary text), and ``decode(encode(text)) == text`` for every
   ``str`` that UTF-8 can encode (lone surrogates raise ``ValueError``).
-* Special tokens are looked up by role: ``"eod"`` (end of document),
-  ``"eos"`` (``<|endofsentence|>``, the GPTHF sentence end), ``"gist"`` (``<GIST>``)
-  and ``"pad"``.
+* Special tokens are looked up by role: ``"eod"`` (end of document), ``"eos"``
+  (``<|endofsentence|>``, a sentence end: ``preprocess --split-sentences``) and ``"pad"``,
+  plus the roles methods register with :func:`register_special` (the gist method's
+  ``"gist"`` = ``<GIST>``).
 * ``fingerprint()`` is the sha256 of the kind, the vocabulary and the special ids:
   equal fingerprints mean equal ids for every text, in any process.
 
-Id layouts:
+Id layouts: ``eos`` and then the registered specials take the ids after ``eod``, in
+registration order (the built-in methods register only ``gist``, which gives the layouts
+below; a plugin method's special comes after it and makes the gpt2 / bytes vocabularies
+one id longer, so models trained with it need the plugin loaded):
 
 =============  ===================================  ====  =====  =====  ===========
 kind           vocabulary                           eod   eos    gist   vocab_size
@@ -20,8 +24,8 @@ gpt2           GPT-2's 50,257 ids                   50256 50257  50258  50259
 bytes          byte value b -> id b (0..255)        256   257    258    259
 sentencepiece  the model's pieces, then any missing specials appended in the order
                eod, eos, gist (models from :func:`train_sentencepiece` already hold all)
-hf             a ``tokenizer.json`` (imported models)  its eos_token; ``<GIST>`` / ``<|endofsentence|>``
-               if the vocabulary has them (`HFTokenizer`)
+hf             a ``tokenizer.json`` (imported models)  its eos_token; the registered
+               specials if the vocabulary has them (`HFTokenizer`)
 =============  ===================================  ====  =====  =====  ===========
 
 ``pad`` is ``eod`` except for a SentencePiece model with its own pad piece (and an hf
@@ -33,18 +37,49 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Protocol, runtime_checkable
 
-SPECIAL_NAMES = ("eod", "eos", "gist", "pad")
+from megacompress import plugins
+from megacompress.errors import UserError
+
+CORE_ROLES = ("eod", "pad")
 EOD_TEXT = "<|endoftext|>"
 EOS_TEXT = "<|endofsentence|>"
-GIST_TEXT = "<GIST>"
 TOKENIZER_KINDS = ("gpt2", "sentencepiece", "bytes", "hf")
 # Files of an hf tokenizer (Hugging Face names), next to the weights of an imported model.
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+_SPECIALS: dict[str, str] = {"eos": EOS_TEXT}  # role -> text, in id order after eod (the layout)
+_KINDS: dict[str, "Callable[[str | None], Tokenizer]"] = {}  # tokenizer kinds that methods add
+
+
+def register_special(role: str, text: str) -> None:
+    """Add a special token ``text`` looked up as ``special_id(role)`` (once per role)."""
+    plugins.load_methods()  # the built-in methods' specials first: ids follow registration order
+    if role in CORE_ROLES or _SPECIALS.get(role, text) != text:
+        raise ValueError(f"special token role {role!r} is already taken")
+    _SPECIALS[role] = text
+
+
+def special_texts() -> dict[str, str]:
+    """The registered specials, role -> text, in id order."""
+    plugins.load_methods()
+    return dict(_SPECIALS)
+
+
+def special_names() -> tuple[str, ...]:
+    return (*CORE_ROLES[:1], *special_texts(), *CORE_ROLES[1:])
+
+
+def register_tokenizer_kind(name: str, build: "Callable[[str | None], Tokenizer]") -> None:
+    """A tokenizer kind of a method (``build(model_path)``), for ``tokenizer.kind`` in configs and records."""
+    if name in TOKENIZER_KINDS or _KINDS.get(name, build) is not build:
+        raise ValueError(f"tokenizer kind {name!r} is already registered")
+    _KINDS[name] = build
 
 
 @runtime_checkable
@@ -62,6 +97,13 @@ class Tokenizer(Protocol):
     def special_id(self, name: str) -> int: ...
 
     def fingerprint(self) -> str: ...
+
+
+def _role_ids(specials: dict[str, int]) -> dict[str, int]:
+    """Text -> id of a fixed layout (eod first, then the registered specials) -> role -> id."""
+    texts = {EOD_TEXT: "eod"} | {text: role for role, text in special_texts().items()}
+    ids = {texts[text]: i for text, i in specials.items()}
+    return ids | {"pad": ids["eod"]}
 
 
 def encode_pieces(tokenizer: Tokenizer, pieces: Sequence[str]) -> list[list[int]]:
@@ -88,7 +130,7 @@ class _Specials:
 
     def special_id(self, name: str) -> int:
         if name not in self._special_ids:
-            raise KeyError(f"unknown special token {name!r}; known: {', '.join(SPECIAL_NAMES)}")
+            raise KeyError(f"unknown special token {name!r}; known: {', '.join(special_names())}")
         return self._special_ids[name]
 
     def encode_continuation(self, text: str) -> list[int]:
@@ -116,16 +158,14 @@ class _Specials:
 
 
 class BytesTokenizer(_Specials):
-    """UTF-8 bytes as ids 0..255; eod 256, eos 257, gist 258, pad = eod."""
+    """UTF-8 bytes as ids 0..255; eod 256, then the registered specials (eos 257, gist 258); pad = eod."""
 
     name = "bytes"
-    vocab_size = 259
 
     def __init__(self) -> None:
-        self._init_specials(
-            {"eod": 256, "eos": 257, "gist": 258, "pad": 256},
-            {256: EOD_TEXT, 257: EOS_TEXT, 258: GIST_TEXT},
-        )
+        specials = {EOD_TEXT: 256} | {text: 257 + i for i, text in enumerate(special_texts().values())}
+        self.vocab_size = 256 + len(specials)
+        self._init_specials(_role_ids(specials), {v: k for k, v in specials.items()})
 
     def encode(self, text: str) -> list[int]:
         return list(_utf8(text))
@@ -151,7 +191,6 @@ class GPT2Tokenizer(_Specials):
     """GPT-2 BPE from the bundled ``encoder.json``/``vocab.bpe``; ids equal GPT-2's."""
 
     name = "gpt2"
-    vocab_size = 50259
 
     def __init__(self) -> None:
         import tiktoken
@@ -165,17 +204,15 @@ class GPT2Tokenizer(_Specials):
         if len(ranks) != 50256:
             raise ValueError(f"{assets}: expected 50,256 mergeable GPT-2 tokens, found {len(ranks)}")
         self._ranks = ranks
-        specials = {EOD_TEXT: 50256, EOS_TEXT: 50257, GIST_TEXT: 50258}
+        specials = {EOD_TEXT: 50256} | {text: 50257 + i for i, text in enumerate(special_texts().values())}
+        self.vocab_size = 50256 + len(specials)
         self._enc = tiktoken.Encoding(
             name="megacompress-gpt2",
             pat_str=r50k_pat_str,
             mergeable_ranks=ranks,
             special_tokens=specials,
         )
-        self._init_specials(
-            {"eod": 50256, "eos": 50257, "gist": 50258, "pad": 50256},
-            {v: k for k, v in specials.items()},
-        )
+        self._init_specials(_role_ids(specials), {v: k for k, v in specials.items()})
 
     def encode(self, text: str) -> list[int]:
         _utf8(text)  # tiktoken would silently replace lone surrogates
@@ -231,15 +268,15 @@ class SentencePieceTokenizer(_Specials):
             n += 1
             return n - 1
 
-        eod = register(EOD_TEXT, self._sp.eos_id() if self._sp.eos_id() >= 0 else find(EOD_TEXT))
-        eos = register(EOS_TEXT, find(EOS_TEXT))
-        gist = register(GIST_TEXT, find(GIST_TEXT))
-        pad = self._sp.pad_id() if self._sp.pad_id() >= 0 else eod
+        ids = {"eod": register(EOD_TEXT, self._sp.eos_id() if self._sp.eos_id() >= 0 else find(EOD_TEXT))}
+        for role, text in special_texts().items():
+            ids[role] = register(text, find(text))
+        ids["pad"] = self._sp.pad_id() if self._sp.pad_id() >= 0 else ids["eod"]
         self._sp_size = self._sp.get_piece_size()
         self.vocab_size = n
-        texts = {i: self._sp.id_to_piece(i) for i in (eod, eos, gist) if i < self._sp_size}
+        texts = {i: self._sp.id_to_piece(i) for role, i in ids.items() if role != "pad" and i < self._sp_size}
         texts.update(extra)
-        self._init_specials({"eod": eod, "eos": eos, "gist": gist, "pad": pad}, texts)
+        self._init_specials(ids, texts)
 
     def encode(self, text: str) -> list[int]:
         _utf8(text)
@@ -343,8 +380,8 @@ class HFTokenizer(_Specials):
     ``path``: the file, or a directory holding it (an imported model directory). Roles
     come from ``tokenizer_config.json`` beside it (Hugging Face's keys): ``eod`` =
     ``eos_token``, ``bos`` = ``bos_token`` (``add_bos_token``: whether prompts start with
-    it, read by the instruction format), ``pad`` = ``pad_token`` or ``eod``; ``gist`` =
-    ``<GIST>`` and ``eos`` = ``<|endofsentence|>`` only when the vocabulary has them
+    it, read by the instruction format), ``pad`` = ``pad_token`` or ``eod``; the registered
+    specials (`register_special`) only when the vocabulary has them
     (``special_id`` raises ``KeyError`` naming the file otherwise). Special tokens written
     in the text are encoded as text (``encode`` never produces special ids); decoding is
     exact for byte-level BPE vocabularies (GPT-2 / Llama-3 / SmolLM style) and for
@@ -403,8 +440,7 @@ class HFTokenizer(_Specials):
             raise TokenizerFileError(f"{config_path}: no eos_token (the end-of-document role) for {json_path}")
         pad = token_id(config.get("pad_token"), "pad_token")
         ids = {"eod": eod, "pad": eod if pad is None else pad}
-        for role, text in (("bos", token_text(config.get("bos_token"), "bos_token")), ("gist", GIST_TEXT),
-                           ("eos", EOS_TEXT)):
+        for role, text in (("bos", token_text(config.get("bos_token"), "bos_token")), *special_texts().items()):
             tid = self._tok.token_to_id(text) if text else None
             if tid is not None:
                 ids[role] = tid
@@ -412,7 +448,7 @@ class HFTokenizer(_Specials):
         self._init_specials(ids, {i: self._tok.id_to_token(i) for i in ids.values()})
 
     def special_id(self, name: str) -> int:
-        if name not in self._special_ids and name in (*SPECIAL_NAMES, "bos"):
+        if name not in self._special_ids and name in (*special_names(), "bos"):
             raise KeyError(f"{self.model_path}: the vocabulary has no {name!r} token")
         return super().special_id(name)
 
@@ -431,11 +467,11 @@ class HFTokenizer(_Specials):
         h.update(self._serialized.encode())
 
 
-class TokenizerMismatch(ValueError):
+class TokenizerMismatch(UserError, ValueError):
     """A tokenizer that is not the one a model or shard was made with."""
 
 
-class TokenizerFileError(ValueError):
+class TokenizerFileError(UserError, ValueError):
     """A tokenizer file (SentencePiece model, tokenizer.json, tokenizer_config.json) that cannot be
     read; the message names the file."""
 
@@ -537,7 +573,7 @@ def train_sentencepiece(
 
     Lossless setup: identity normalization, whitespace kept as is, no dummy prefix,
     byte fallback (no unknown pieces), digits split. ``<|endoftext|>`` is the eos
-    piece (role ``eod``); ``<|endofsentence|>`` and ``<GIST>`` are control symbols
+    piece (role ``eod``); the registered specials are control symbols
     (never produced by ``encode``). Deterministic for the same inputs.
     """
     import sentencepiece as spm
@@ -566,7 +602,7 @@ def train_sentencepiece(
         eos_id=1,
         pad_id=-1,
         eos_piece=EOD_TEXT,
-        control_symbols=[EOS_TEXT, GIST_TEXT],
+        control_symbols=list(special_texts().values()),
         num_threads=1,
         minloglevel=2,
     )
@@ -582,16 +618,14 @@ def build_tokenizer(kind: str, model_path: str | None = None) -> Tokenizer:
         return BytesTokenizer()
     if kind == "sentencepiece":
         if model_path is None:
-            raise ValueError("the sentencepiece tokenizer needs a model path (--tokenizer-model)")
+            raise TokenizerFileError("the sentencepiece tokenizer needs a model path (--tokenizer-model)")
         return SentencePieceTokenizer(model_path)
     if kind == "hf":
         if model_path is None:
-            raise ValueError("the hf tokenizer needs a tokenizer.json path or model directory (--tokenizer-model)")
+            raise TokenizerFileError("the hf tokenizer needs a tokenizer.json path or model directory (--tokenizer-model)")
         return HFTokenizer(model_path)
-    if kind == "bitstream":  # compressed-text tokens (Equal-Info Windows); model_path = a shard's meta.json
-        from megacompress.compression.tokenizer import BitstreamTokenizer
-
-        if model_path is None:
-            raise ValueError("the bitstream tokenizer needs a bitstream shard's meta.json (tokenizer.model_path)")
-        return BitstreamTokenizer.from_meta_file(model_path)
-    raise ValueError(f"unknown tokenizer {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
+    if kind not in _KINDS:
+        plugins.load_methods()
+    if kind in _KINDS:
+        return _KINDS[kind](model_path)
+    raise TokenizerFileError(f"unknown tokenizer {kind!r}; choose one of {', '.join([*TOKENIZER_KINDS, *_KINDS])}")

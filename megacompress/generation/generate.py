@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from megacompress.errors import UserError
 from megacompress.generation.sampling import SamplingConfig, sample_next
 from megacompress.models.outputs import gather_logits
 from megacompress.progress import progress
@@ -70,7 +71,7 @@ def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-class GenerationRequestError(ValueError):
+class GenerationRequestError(UserError, ValueError):
     """Prompts or lengths the model cannot serve (a user error: the message says which)."""
 
 

@@ -3,8 +3,6 @@ the baseline `GPT`."""
 
 from megacompress.models.config import PRESETS, ConfigError, ModelConfig
 from megacompress.models.gpt import GPT
-from megacompress.models.gist import GistGPT  # noqa: F401  (registers architecture "gist")
-from megacompress.models.gpthf import GPTHF  # noqa: F401  (registers architecture "gpthf")
 from megacompress.models.outputs import ModelOutput, gather_logits
 from megacompress.models.registry import build_model, get_architecture, load_pretrained
 

@@ -3,6 +3,14 @@
 A config describes the *unsharded* model; the tensor-parallel size only enters through
 `validate(tp_size)` and `padded_vocab_size(tp_size)`. Configs round-trip through plain
 dicts (`to_dict` / `from_dict`), which is what `config.json` next to saved weights holds.
+
+`ModelConfig` holds the fields every architecture has. An architecture with fields of its
+own registers a dataclass subclass with them (``register_architecture(..., config=MyConfig)``
+in `megacompress.models.registry`); ``ModelConfig(architecture="x", ...)`` and
+``ModelConfig.from_dict`` then build that subclass, so one flat dict (a YAML ``model:``
+section, a ``config.json``) describes any model. Files written before the per-architecture
+split carry every architecture's fields; `from_dict` drops another architecture's field
+when it holds that field's default (what those files wrote), and refuses it otherwise.
 """
 
 from __future__ import annotations
@@ -12,15 +20,19 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
+from megacompress import plugins
+from megacompress.errors import UserError
+
 # Megatron's `make-vocab-size-divisible-by`: the embedding is padded so that every TP
 # shard has a multiple of this many rows (fast matmul shapes, equal shards).
 VOCAB_MULTIPLE = 128
 
-# GPT-2 BPE (50257) + <|endofsentence|> + <GIST> (docs/architecture.md, "Tokenizers").
+# GPT-2 BPE (50257) + the two specials the built-in methods add (docs/architecture.md,
+# "Tokenizers"); the presets keep this size so that every tokenizer kind fits.
 GPT2_VOCAB_WITH_SPECIALS = 50259
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An invalid model configuration; the message names the offending field(s)."""
 
 
@@ -46,16 +58,16 @@ class ModelConfig:
     tie_embeddings: bool = True
     attention_backend: str = "auto"  # passed to megacompress.attention.dispatch.prepare
     # megacompress.models.registry name: which model class this config builds. Fields only
-    # one architecture uses are checked by that class's `validate_config`.
+    # one architecture has live in its registered subclass, checked by its `validate_config`.
     architecture: str = "gpt"
-    # GPTHF (megacompress.models.gpthf): word-level encoder layers + sentence-level body
-    # layers (their sum is num_layers). 0 for every other architecture.
-    encoder_layers: int = 0
-    body_layers: int = 0
-    # Gist tokens (megacompress.models.gist): <GIST> tokens per prompt (k) and the mask
-    # variant (gist | pos_control | neg_control). Unused by every other architecture.
-    gist_tokens: int = 0
-    gist_variant: str = "gist"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "ModelConfig":
+        # ModelConfig(architecture="x", ...) builds x's registered config class.
+        if cls is ModelConfig and "architecture" in kwargs:
+            from megacompress.models import registry  # the registry imports this module
+
+            cls = registry.config_class(kwargs["architecture"])
+        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         if self.num_kv_heads is None:
@@ -106,15 +118,26 @@ class ModelConfig:
         if self.architecture not in registry.architecture_names():
             return [f"architecture {self.architecture!r} is not registered "
                     f"(known: {', '.join(registry.architecture_names())})"]
-        return registry.get_architecture(self.architecture).validate_config(self)
+        arch = registry.get_architecture(self.architecture)
+        if not isinstance(self, arch.config):
+            return [f"architecture {self.architecture!r} needs a {arch.config.__name__}, "
+                    f"got a {type(self).__name__}"]
+        return arch.validate_config(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        """Build from a dict; unknown keys are an error (with a did-you-mean hint)."""
+        """Build the config class of ``data["architecture"]`` from a dict; unknown keys are an
+        error (with a did-you-mean hint). Another architecture's field at its default is
+        dropped (files written before the per-architecture split; module docstring)."""
+        from megacompress.models import registry
+
+        cls = registry.config_class(data.get("architecture", "gpt"))
         known = [f.name for f in dataclasses.fields(cls)]
+        legacy = registry.other_architectures_defaults(cls)
+        data = {k: v for k, v in data.items() if k in known or k not in legacy or legacy[k] != v}
         unknown = [k for k in data if k not in known]
         if unknown:
             hints = []
@@ -130,13 +153,22 @@ class ModelConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "ModelConfig":
-        """A named preset (see `PRESETS`), optionally with some fields overridden."""
+        """A named preset (see `PRESETS`, `register_preset`), optionally with some fields overridden."""
+        if name not in PRESETS:
+            plugins.load_methods()  # a method's presets
         if name not in PRESETS:
             raise ConfigError(f"unknown model preset {name!r}; available: {', '.join(sorted(PRESETS))}")
         return cls.from_dict({**PRESETS[name], **overrides})
 
 
-# The paper sizes (SPEC §1): hidden 768, FFN 3072, 12 heads; 12 or 24 layers; sequence 512.
+def register_preset(name: str, fields: dict[str, Any]) -> None:
+    """Add a named preset (a method registers its model sizes in its package)."""
+    if name in PRESETS and PRESETS[name] != fields:
+        raise ValueError(f"model preset {name!r} is already registered with other fields")
+    PRESETS[name] = dict(fields)
+
+
+# The baseline sizes of docs/models.md: hidden 768, FFN 3072, 12 heads; 12 or 24 layers; sequence 512.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(vocab_size=GPT2_VOCAB_WITH_SPECIALS, hidden_size=64, num_layers=2, num_heads=4,
                  ffn_hidden_size=176, max_seq_len=128),
@@ -144,12 +176,4 @@ PRESETS: dict[str, dict[str, Any]] = {
                         num_heads=12, ffn_hidden_size=3072, max_seq_len=512),
     "baseline-24": dict(vocab_size=GPT2_VOCAB_WITH_SPECIALS, hidden_size=768, num_layers=24,
                         num_heads=12, ffn_hidden_size=3072, max_seq_len=512),
-    # GPTHF-E-B: E encoder + B body layers, compared with the baseline of E + B layers.
-    "tiny-gpthf": dict(vocab_size=GPT2_VOCAB_WITH_SPECIALS, hidden_size=64, num_layers=3, num_heads=4,
-                       ffn_hidden_size=176, max_seq_len=128, architecture="gpthf", encoder_layers=2, body_layers=1),
-    "gpthf-8-4": dict(vocab_size=GPT2_VOCAB_WITH_SPECIALS, hidden_size=768, num_layers=12, num_heads=12,
-                      ffn_hidden_size=3072, max_seq_len=512, architecture="gpthf", encoder_layers=8, body_layers=4),
-    "gpthf-16-8": dict(vocab_size=GPT2_VOCAB_WITH_SPECIALS, hidden_size=768, num_layers=24, num_heads=12,
-                       ffn_hidden_size=3072, max_seq_len=512, architecture="gpthf", encoder_layers=16,
-                       body_layers=8),
 }

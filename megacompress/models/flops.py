@@ -14,15 +14,11 @@ FLOPs per token (a multiply-add counts 2; norms, RoPE, softmax are ignored):
 where ``4 L S H`` is QK^T plus AV for a query against S keys, and f is the fraction of
 (query, key) pairs that the attention kernel computes: f = 1 for a dense kernel (the
 PaLM / Megatron MFU convention, default), ~(S+1)/(2S) for a causal kernel that skips
-masked blocks, and `attended_fraction(mask)` for a custom mask such as GPTHF's body.
+masked blocks, and `attended_fraction(mask)` for a custom mask.
 
-GPTHF-E-B (`megacompress.models.gpthf`) has the matmuls of a GPT of L = E + B layers;
-only the keys each query attends to differ:
-    training / forward  as above with 4 S H (E f_enc + B f_body) for 4 L S H f
-    one generated token 2N + 4 H (E p + B (n + 1))        (`decode_flops`)
-with p the tokens of the current sentence up to and including the new one (encoder KV
-cache) and n the finished sentences before it (body KV cache); a cached GPT pays
-2N + 4 L H c for a context of c tokens including the new one.
+A cached GPT pays 2N + 4 L H c for one generated token with a context of c tokens
+including the new one (`decode_flops`). An architecture whose layers see other keys
+counts them with `forward_flops` in its method package.
 """
 
 from __future__ import annotations
@@ -77,33 +73,18 @@ def flops_per_token(config: ModelConfig, seq_len: int | None = None, *,
     if not 0.0 <= attention_fraction <= 1.0:
         raise ValueError(f"attention_fraction must be in [0, 1], got {attention_fraction}")
     seq_len = config.max_seq_len if seq_len is None else seq_len
-    forward = _forward_flops(config, config.num_layers * seq_len * attention_fraction)
+    forward = forward_flops(config, config.num_layers * seq_len * attention_fraction)
     return 3 * forward if training else forward
 
 
-def _forward_flops(config: ModelConfig, layer_keys: float) -> float:
+def forward_flops(config: ModelConfig, layer_keys: float) -> float:
     """2N + 4 H x (keys attended per query, summed over layers)."""
     return 2 * matmul_parameters(config) + 4 * config.hidden_size * layer_keys
 
 
-def gpthf_flops_per_token(config: ModelConfig, seq_len: int | None = None, *, encoder_fraction: float = 1.0,
-                          body_fraction: float = 1.0, training: bool = True) -> float:
-    """GPTHF FLOPs per token with separate attended fractions for the encoder and body masks."""
-    seq_len = config.max_seq_len if seq_len is None else seq_len
-    keys = seq_len * (config.encoder_layers * encoder_fraction + config.body_layers * body_fraction)
-    forward = _forward_flops(config, keys)
-    return 3 * forward if training else forward
-
-
-def decode_flops(config: ModelConfig, context_len: int = 0, *, sentence_len: int = 0, sentences: int = 0) -> float:
-    """Forward FLOPs of one generated token of one row with KV caches (module docstring).
-
-    GPT: ``context_len`` keys in every layer. GPTHF (``config.architecture == "gpthf"``):
-    ``sentence_len`` keys in the encoder, ``sentences + 1`` in the body.
-    """
-    if config.architecture == "gpthf":
-        return _forward_flops(config, config.encoder_layers * sentence_len + config.body_layers * (sentences + 1))
-    return _forward_flops(config, config.num_layers * context_len)
+def decode_flops(config: ModelConfig, context_len: int = 0) -> float:
+    """Forward FLOPs of one generated token of one row with a KV cache: ``context_len`` keys in every layer."""
+    return forward_flops(config, config.num_layers * context_len)
 
 
 def attended_fraction(mask: torch.Tensor) -> float:

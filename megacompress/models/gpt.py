@@ -39,7 +39,7 @@ def _ensure_parallel_state() -> None:
 
 
 @register_architecture("gpt", inputs=("input_ids", "position_ids", "document_ids", "labels"),
-                       mask_kinds=("causal", "document_causal"))
+                       mask_kinds=("causal", "document_causal"), llama_compatible=True)
 class GPT(nn.Module):
     """Decoder-only LM. Initialisation depends only on (config, seed), not on the TP size."""
 
@@ -94,6 +94,14 @@ class GPT(nn.Module):
         ``position_ids`` default to each row's cache length onward. ``logits_index`` [B]: run
         the LM head only at that slot of each row (logits [B, 1, Vp/tp]; a prefill needs no more),
         or [B, N]: at N slots of each row (logits [B, N, Vp/tp]; a packed prefill)."""
+        return self.run(input_ids, position_ids, document_ids, labels, kv_cache, kv_commit, logits_index)
+
+    def run(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
+            document_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+            kv_cache: KVCache | None = None, kv_commit: torch.Tensor | list[int] | None = None,
+            logits_index: torch.Tensor | None = None, **mask_metadata: torch.Tensor) -> ModelOutput:
+        """`forward`, with ``mask_metadata`` passed on to `prepare_mask` (a subclass whose
+        mask needs more than ``document_ids`` calls this from its own ``forward``)."""
         b, s = input_ids.shape
         if s > self.config.max_seq_len:
             raise ValueError(f"sequence of {s} tokens exceeds max_seq_len {self.config.max_seq_len}")
@@ -106,7 +114,7 @@ class GPT(nn.Module):
             if document_ids is None:
                 document_ids = torch.zeros_like(input_ids)
             document_ids, q_offset = kv_cache.begin_step(document_ids, commit=kv_commit)
-        mask = self.prepare_mask(b, s, input_ids.device, x.dtype, document_ids, q_offset)
+        mask = self.prepare_mask(b, s, input_ids.device, x.dtype, document_ids, q_offset, **mask_metadata)
         x = self.stack(x, self.rotary(position_ids, x.dtype), mask, kv_cache)
         if kv_cache is not None:
             kv_cache.end_step()

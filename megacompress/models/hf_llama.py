@@ -37,6 +37,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from megacompress.errors import UserError
 from megacompress.atomic import atomic_write, write_text_atomic
 from megacompress.data.tokenizers import TOKENIZER_CONFIG, TOKENIZER_JSON
 from megacompress.models import pretrained
@@ -53,7 +54,7 @@ _LAYER_NAMES = {  # ours (after "stack.layers.i.") -> HF (after "model.layers.i.
 }
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """A checkpoint that cannot be converted; the message names the file and the problem."""
 
 
@@ -228,7 +229,9 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     config = pretrained.load_config(model_dir)
-    if config.architecture not in ("gpt", "gist"):
+    from megacompress.models.registry import get_architecture
+
+    if not get_architecture(config.architecture).llama_compatible:
         raise ConversionError(f"{model_dir / pretrained.CONFIG_NAME}: architecture {config.architecture!r} "
                               "has no Llama equivalent (its masks are not causal)")
     if not (model_dir / TOKENIZER_JSON).is_file():

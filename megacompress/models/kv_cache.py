@@ -30,8 +30,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from megacompress.errors import UserError
 
-class KVCacheOverflow(RuntimeError):
+
+class KVCacheOverflow(UserError, RuntimeError):
     """More tokens were fed than the cache was allocated for."""
 
 

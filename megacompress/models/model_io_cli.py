@@ -24,17 +24,19 @@ __all__ = ["ConversionError", "add_model_commands", "run_model_command"]
 
 
 def add_model_commands(sub: argparse._SubParsersAction) -> None:
-    for name, source, help_text in (
-            ("import-hf", "hf_dir", "Hugging Face Llama directory -> our model directory"),
-            ("import-gguf", "gguf_file", "llama.cpp GGUF file -> our model directory (fp32)")):
+    for name, source, help_text, source_help in (
+            ("import-hf", "hf_dir", "Hugging Face Llama directory -> our model directory",
+             "directory with config.json, *.safetensors and the tokenizer files"),
+            ("import-gguf", "gguf_file", "llama.cpp GGUF file -> our model directory (fp32)",
+             "a llama-architecture .gguf file (F32/F16/BF16/Q8_0/Q4_0/Q4_1 tensors)")):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument(source, type=Path)
+        p.add_argument(source, type=Path, help=source_help)
         p.add_argument("out_dir", type=Path, help="output model directory")
         p.add_argument("--max-seq-len", type=int, default=None,
                        help="the model's max_seq_len (default: the source's context length)")
     p = sub.add_parser("export-hf", help="our model directory -> Hugging Face Llama layout + tokenizer")
     p.add_argument("model_dir", type=Path, help="save_pretrained / import directory with tokenizer.json")
-    p.add_argument("out_dir", type=Path)
+    p.add_argument("out_dir", type=Path, help="output directory (Hugging Face Llama layout)")
 
 
 def run_model_command(args: argparse.Namespace) -> Path:

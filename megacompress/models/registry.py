@@ -8,7 +8,8 @@ own model file::
                            required=("input_ids",), mask_kinds=("causal", "document_causal"))
     class GPT(nn.Module): ...
 
-A registered class is built as ``cls(config, seed=seed)``, runs
+``config=``: the `ModelConfig` subclass with the architecture's own fields (default
+`ModelConfig`). A registered class is built as ``cls(config, seed=seed)``, runs
 ``forward(**batch_inputs)`` -> `ModelOutput`, builds its attention masks from those
 inputs in ``prepare_mask`` (the kinds listed in ``mask_kinds``), and may check
 architecture-specific config fields in ``validate_config(config) -> list[str]``.
@@ -18,11 +19,14 @@ dropped: a dataset that yields ``eos_mask`` feeds a model that uses sentence bou
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from megacompress import plugins
 from megacompress.models.config import ConfigError, ModelConfig
 
 
@@ -32,7 +36,11 @@ class Architecture:
     model_class: type
     inputs: tuple[str, ...]      # batch keys forward() takes (training and evaluation)
     required: tuple[str, ...]    # of those, the ones every batch must have
-    mask_kinds: tuple[str, ...]  # megacompress.attention.masks.FACTORIES kinds its prepare_mask builds
+    mask_kinds: tuple[str, ...]  # registered mask kinds (megacompress.attention.masks) its prepare_mask builds
+    config: type = ModelConfig   # its config class: ModelConfig or a subclass with its own fields
+    # Its weights run as a Hugging Face Llama (same parameters, causal attention at inference):
+    # ``convert export-hf`` accepts it.
+    llama_compatible: bool = False
 
     def validate_config(self, config: ModelConfig) -> list[str]:
         check = getattr(self.model_class, "validate_config", None)
@@ -43,12 +51,20 @@ _ARCHITECTURES: dict[str, Architecture] = {}
 
 
 def register_architecture(name: str, *, inputs: Iterable[str], required: Iterable[str] = ("input_ids",),
-                          mask_kinds: Iterable[str]) -> Callable[[type], type]:
+                          mask_kinds: Iterable[str], config: type = ModelConfig,
+                          llama_compatible: bool = False) -> Callable[[type], type]:
     """Class decorator adding ``name`` to the table (a name can be registered once)."""
-    from megacompress.attention.masks import FACTORIES
+    from megacompress.attention import masks
 
     inputs, required, mask_kinds = tuple(inputs), tuple(required), tuple(mask_kinds)
-    unknown = [k for k in mask_kinds if k not in FACTORIES]
+    unknown = []
+    for kind in mask_kinds:
+        try:
+            masks.get_mask_kind(kind)
+        except ValueError:
+            unknown.append(kind)
+    if not (isinstance(config, type) and issubclass(config, ModelConfig)):
+        raise ValueError(f"architecture {name!r}: config must be ModelConfig or a subclass, got {config!r}")
     if unknown or not set(required) <= set(inputs):
         raise ValueError(f"architecture {name!r}: unknown mask kinds {unknown} or required inputs "
                          f"{sorted(set(required) - set(inputs))} not among its inputs")
@@ -57,7 +73,7 @@ def register_architecture(name: str, *, inputs: Iterable[str], required: Iterabl
         if name in _ARCHITECTURES and _ARCHITECTURES[name].model_class is not cls:
             raise ValueError(f"architecture {name!r} is already registered "
                              f"({_ARCHITECTURES[name].model_class.__qualname__})")
-        _ARCHITECTURES[name] = Architecture(name, cls, inputs, required, mask_kinds)
+        _ARCHITECTURES[name] = Architecture(name, cls, inputs, required, mask_kinds, config, llama_compatible)
         cls.architecture = name
         return cls
 
@@ -65,13 +81,42 @@ def register_architecture(name: str, *, inputs: Iterable[str], required: Iterabl
 
 
 def architecture_names() -> list[str]:
+    plugins.load_methods()
     return sorted(_ARCHITECTURES)
 
 
 def get_architecture(name: str) -> Architecture:
     if name not in _ARCHITECTURES:
+        plugins.load_methods()
+    if name not in _ARCHITECTURES:
         raise ConfigError(f"unknown model architecture {name!r}; registered: {', '.join(architecture_names())}")
     return _ARCHITECTURES[name]
+
+
+def config_class(architecture: str) -> type:
+    """The config class of ``architecture``; `ModelConfig` for a name that is not registered
+    (its validation then names the registered ones)."""
+    if architecture not in _ARCHITECTURES:
+        plugins.load_methods()
+    arch = _ARCHITECTURES.get(architecture)
+    return ModelConfig if arch is None else arch.config
+
+
+def config_field_types() -> dict[str, Any]:
+    """Every model field of every registered architecture -> its type (YAML ``model.*`` keys)."""
+    plugins.load_methods()
+    types: dict[str, Any] = {}
+    for arch in _ARCHITECTURES.values():
+        types.update(typing.get_type_hints(arch.config))
+    return types
+
+
+def other_architectures_defaults(config: type) -> dict[str, Any]:
+    """Fields that other registered config classes add over `ModelConfig` -> their defaults."""
+    plugins.load_methods()
+    own = {f.name for f in dataclasses.fields(config)}
+    return {f.name: f.default for arch in _ARCHITECTURES.values() for f in dataclasses.fields(arch.config)
+            if f.name not in own and f.default is not dataclasses.MISSING}
 
 
 def build_model(config: ModelConfig, seed: int = 0):

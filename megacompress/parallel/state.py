@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from megacompress.errors import UserError
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -59,7 +61,7 @@ class Layout:
         return self.data_parallel_groups[rank % self.tensor_parallel_size]
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError, ValueError):
     """A world size and tensor-parallel size that do not form a layout (a user error)."""
 
 

@@ -65,6 +65,7 @@ from deepspeed.checkpoint.constants import (AUTOTP_UNSUPPORTED_PARAMETER_PATTERN
                                             UNIVERSAL_CHECKPOINT_VERSION_KEY, UNIVERSAL_CHECKPOINT_VERSION_VALUE,
                                             VOCABULARY_PARAMETER_PATTERNS)
 
+from megacompress.errors import UserError
 from megacompress.atomic import atomic_write, write_text_atomic
 from megacompress.integrity import check_digest, digest_files
 from megacompress.data.builder import DataConfigError, parse_data_path
@@ -91,7 +92,7 @@ LOCATION_KEYS = ("data.cache_dir",)  # inside RUN_KEYS, but only a location
 PATH_KEYS = ("data.data_path", "tokenizer.model_path", "model.init_from", "eval.data_path")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used; the message names the file or the differing keys."""
 
 

@@ -33,11 +33,13 @@ from typing import Any
 
 import yaml
 
+from megacompress.errors import UserError
 from megacompress.data.builder import DATASET_KINDS, DataConfig
 from megacompress.models.config import ModelConfig
+from megacompress.models.registry import config_field_types
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(UserError, ValueError):
     """An invalid training configuration; the message names the offending key."""
 
 
@@ -237,7 +239,7 @@ def _dotted_keys(cls: type, prefix: str = "") -> list[str]:
     keys = []
     for name, annotation in typing.get_type_hints(cls).items():
         if annotation is ModelSection:
-            keys += [f"model.{n}" for n in [*MODEL_SECTION_KEYS, *typing.get_type_hints(ModelConfig)]]
+            keys += [f"model.{n}" for n in [*MODEL_SECTION_KEYS, *config_field_types()]]
         elif dataclasses.is_dataclass(annotation):
             keys += _dotted_keys(annotation, f"{prefix}{name}.")
         else:
@@ -306,7 +308,7 @@ def _build_section(cls: type, data: dict[str, Any], prefix: str) -> Any:
 def _build_model(data: dict[str, Any]) -> ModelSection:
     if not isinstance(data, dict):
         raise TrainConfigError(f"config section 'model' must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(ModelConfig)
+    hints = config_field_types()  # the fields of every registered architecture
     known = [*MODEL_SECTION_KEYS, *hints]
     overrides = {}
     for key, value in data.items():

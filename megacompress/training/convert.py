@@ -39,7 +39,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -53,7 +52,7 @@ from deepspeed.checkpoint.constants import AUTOTP_UNSUPPORTED_PARAMETER_PATTERNS
 from megacompress import cli
 from megacompress.atomic import write_text_atomic
 from megacompress.integrity import digest_file
-from megacompress.models.model_io_cli import ConversionError, add_model_commands, run_model_command
+from megacompress.models.model_io_cli import add_model_commands, run_model_command
 from megacompress.parallel.layers import VocabParallelEmbedding
 from megacompress.progress import progress
 from megacompress.training.checkpoint import (MANIFEST, TAG_RE, CheckpointError, committed_tags, file_records,
@@ -254,20 +253,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--tag", help="checkpoint tag, e.g. global_step40 (default: the 'latest' file)")
     add_model_commands(sub)
     args = parser.parse_args(argv)
-    try:
-        if args.command == "to-universal":
-            out = to_universal(args.ckpt_dir, args.out_dir, args.tag)
-        elif args.command == "export":
-            out = export(args.ckpt_dir, args.out_dir, args.tag)
-        elif args.command == "verify":
-            return verify(args.ckpt_dir, args.tag)
-        else:
-            out = run_model_command(args)
-    except (CheckpointError, ConversionError) as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return cli.EXIT_USAGE
+    if args.command == "to-universal":
+        out = to_universal(args.ckpt_dir, args.out_dir, args.tag)
+    elif args.command == "export":
+        out = export(args.ckpt_dir, args.out_dir, args.tag)
+    elif args.command == "verify":
+        return verify(args.ckpt_dir, args.tag)
+    else:
+        out = run_model_command(args)
     print(f"wrote {out}")
     return 0
 

@@ -18,7 +18,9 @@ A train line's ``loss`` is the mean per labelled token over the ``log_interval_s
 since the previous line (``step_loss`` is the last step's alone).
 
 Besides ``metrics.jsonl`` the run directory keeps ``config.yaml`` (the resolved config) and
-``train.log`` (everything the trainer printed: banner, log lines, validation, checkpoints).
+``train.log`` (everything the trainer printed: banner, log lines, validation, checkpoints),
+each line starting with the local time, ``2026-12-07 12:01:02 step 40/120 | loss 6.1234 (mean
+of 10 steps) | ...`` (`megacompress.training.log_setup.stamp`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import yaml
 
 from megacompress.atomic import write_text_atomic
 from megacompress.training.config import TrainConfigError
+from megacompress.training.log_setup import stamp
 
 # Dense bf16 peak FLOP/s per device, by name substring (for the MFU estimate only).
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40": 181e12, "A10": 125e12, "V100": 125e12}
@@ -91,9 +94,11 @@ class MetricsLogger:
                     self._tb.add_scalar(f"{split}/{key}", value, record["step"])
 
     def say(self, text: str) -> None:
-        """Print ``text`` for the person watching and append it to ``train.log`` (rank 0)."""
+        """Print ``text`` for the person watching and append it to ``train.log`` (rank 0), every
+        line prefixed with the local time."""
         if not self.enabled:
             return
+        text = stamp(text)
         print(text, flush=True)
         self._console.write(text + "\n")
         self._console.flush()

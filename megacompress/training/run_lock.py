@@ -22,10 +22,12 @@ import socket
 import time
 from pathlib import Path
 
+from megacompress.errors import UserError
+
 LOCK_NAME = "run.lock"
 
 
-class RunDirBusy(RuntimeError):
+class RunDirBusy(UserError, RuntimeError):
     """Another live process holds the directory's lock; the message names it."""
 
 

@@ -34,6 +34,7 @@ from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
 from deepspeed.runtime.zero.config import ZeroStageEnum
 from deepspeed.utils.tensor_fragment import fragment_address
 
+from megacompress.errors import UserError
 from megacompress.integrity import check_digest, digest_bytes
 
 # The non-tensor objects DeepSpeed pickles into checkpoints: the loss scaler (DynamicLossScaler
@@ -42,7 +43,7 @@ ALLOWED_GLOBALS = (LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_addres
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)|Unsupported global: ([\w.]+)|global ([\w.]+) was not an allowed")
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(UserError, ValueError):
     """A checkpoint file that is not plain tensors / containers (or not a torch file at all)."""
 
 

@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from megacompress import cli
 from megacompress.data.builder import build_datasets
 from megacompress.data.collate import collate
 from megacompress.data.registry import dataset_batch_keys
@@ -80,6 +81,7 @@ def import_deepspeed():
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    cli.quiet_library_warnings()  # torch's deprecation notices about DeepSpeed's calls, not ours
     return deepspeed
 
 
@@ -493,7 +495,9 @@ class LogWindow:
 
 def log_line(record: dict[str, Any], train_steps: int) -> str:
     """One human-readable line for a training metrics record."""
-    parts = [f"step {record['step']}/{train_steps}", f"loss {record['loss']:.4f}", f"lr {record['lr']:.3e}"]
+    steps = record.get("log_interval_steps", 1)  # the loss is the mean over the steps since the last line
+    window = f"mean of {steps} steps" if steps > 1 else "1 step"
+    parts = [f"step {record['step']}/{train_steps}", f"loss {record['loss']:.4f} ({window})", f"lr {record['lr']:.3e}"]
     if record.get("grad_norm") is not None:
         parts.append(f"grad_norm {record['grad_norm']:.3f}")
     parts.append(f"{record['tokens_per_s']:,.0f} tokens/s")

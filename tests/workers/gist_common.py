@@ -131,7 +131,7 @@ def write_tiny_gguf(path: Path, hf_dir: Path, model) -> dict[str, np.ndarray]:
 def tiny_gist_model(tmp: Path, k: int, *, variant: str = "gist", seed: int = 0) -> Path:
     """Our random tiny GPT on the tiny tokenizer, turned into a gist model with k gists."""
     from megacompress.models import GPT, ModelConfig
-    from megacompress.models.gist_init import init_gist_model
+    from megacompress.methods.gist.init import init_gist_model
 
     base = tmp / "base"
     vocab = write_tokenizer(base)

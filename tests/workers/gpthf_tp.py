@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from gpthf_common import EOS, PROMPTS, small_gpthf  # noqa: E402
 from model_common import gathered_grads, start_tp_worker  # noqa: E402
 
-from megacompress.generation.gpthf import generate_fast  # noqa: E402
+from megacompress.methods.gpthf.generation import generate_fast  # noqa: E402
 from megacompress.generation.sampling import SamplingConfig  # noqa: E402
 from megacompress.models.outputs import gather_logits  # noqa: E402
 from megacompress.models.registry import build_model  # noqa: E402

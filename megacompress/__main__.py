@@ -1,0 +1,5 @@
+"""``python -m megacompress`` = the ``megacompress`` command."""
+
+from megacompress.command import main
+
+raise SystemExit(main())
