@@ -65,3 +65,25 @@ def test_engine_trains_exports_and_reloads_any_registered_class(sample_shards, t
     assert result["reloaded_class"] == "SentenceProbe" and result["architecture"] == "sentence_probe"
     assert result["same_logits"]
     assert "['eos_mask'] that the model does not take" in result["gpt_error"]
+
+
+LEGACY_FIELDS = {"encoder_layers": 0, "body_layers": 0, "gist_tokens": 0, "gist_variant": "gist"}
+
+
+@pytest.mark.parametrize("preset, method_fields", [
+    ("tiny", {}),
+    ("tiny-gpthf", {"encoder_layers": 2, "body_layers": 1}),
+    ("tiny", {"architecture": "gist", "gist_tokens": 2, "gist_variant": "neg_control"}),
+])
+def test_config_json_from_before_the_per_method_split_still_loads(preset, method_fields):
+    """config.json / checkpoint manifests written when ModelConfig held every method's fields:
+    another method's field at its old default is dropped; the config is that architecture's class."""
+    from megacompress.training.checkpoint import _with_defaults
+
+    current = ModelConfig.from_dict({**ModelConfig.from_preset(preset).to_dict(), **method_fields})
+    old = {**current.to_dict(), **LEGACY_FIELDS, **method_fields}
+    assert ModelConfig.from_dict(old) == current and type(ModelConfig.from_dict(old)) is type(current)
+    assert _with_defaults(old) == current.to_dict()
+    with pytest.raises(ConfigError, match="unknown ModelConfig key"):
+        ModelConfig.from_dict({**current.to_dict(), "gist_tokens": 3} if "gist_tokens" not in method_fields
+                              else {**current.to_dict(), "encoder_layers": 3})
