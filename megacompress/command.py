@@ -3,7 +3,7 @@
 ``megacompress SUBCOMMAND [flags]`` runs the subcommand's ``main(argv) -> int`` through
 `megacompress.cli.run` (one ``error: ...`` line and exit 2 for a user error, ``--debug`` for the
 traceback). The shared layers register the generic subcommands below; a method package
-registers its own (``register_command("gist", ...)`` in ``methods/gist/__init__.py``), so
+registers its own (``register_command(NAME, ...)`` in its package's ``__init__.py``), so
 ``megacompress --help`` lists every loaded method's commands. Targets are ``"module:function"``
 strings, imported only when that subcommand runs: ``megacompress --help`` stays fast.
 

@@ -1,7 +1,7 @@
 """Stack per-sample dicts of numpy arrays into a batch of torch tensors.
 
 Every sample must have the same keys; array keys must have the same shape, so
-``[S]`` arrays become ``[B, S]`` tensors and scalars (e.g. ``gist_start``)
+``[S]`` arrays become ``[B, S]`` tensors and scalars (e.g. a per-row span start)
 become ``[B]`` tensors. dtypes are kept (int64 ids, bool masks).
 """
 

@@ -1,7 +1,7 @@
 """One document (or one chunk of a long document) per sample, right-padded.
 
-Used by GPTHF and gist training, where attention must never mix documents and
-sentence structure must survive. Each shard sequence is one document of L tokens.
+Used by the methods whose attention must never mix documents and whose sentence
+structure must survive. Each shard sequence is one document of L tokens.
 
 Chunks. A sample holds inputs ``doc[s:t]`` and targets ``doc[s+1:t+1]`` for a
 chunk ``(doc, s, t)`` with ``0 < t - s <= S`` (S = ``seq_length``); the next

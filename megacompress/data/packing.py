@@ -1,7 +1,7 @@
 """Next-fit packing: consecutive items into groups under a size budget.
 
-Used for whole instruction records per training sequence (`instruction_dataset`) and for
-gist prompts per packed prefill call (`generation.gist_generate`). Order is kept; an item
+Used, for example, for whole records per training sequence and for prompts per packed
+prefill call. Order is kept; an item
 larger than the budget gets a group of its own.
 """
 

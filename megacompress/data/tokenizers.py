@@ -7,23 +7,22 @@ All three implement the ``Tokenizer`` interface of docs/architecture.md:
   ``str`` that UTF-8 can encode (lone surrogates raise ``ValueError``).
 * Special tokens are looked up by role: ``"eod"`` (end of document), ``"eos"``
   (``<|endofsentence|>``, a sentence end: ``preprocess --split-sentences``) and ``"pad"``,
-  plus the roles methods register with :func:`register_special` (the gist method's
-  ``"gist"`` = ``<GIST>``).
+  plus the roles methods register with :func:`register_special`.
 * ``fingerprint()`` is the sha256 of the kind, the vocabulary and the special ids:
   equal fingerprints mean equal ids for every text, in any process.
 
 Id layouts: ``eos`` and then the registered specials take the ids after ``eod``, in
-registration order (the built-in methods register only ``gist``, which gives the layouts
-below; a plugin method's special comes after it and makes the gpt2 / bytes vocabularies
-one id longer, so models trained with it need the plugin loaded):
+registration order. The built-in methods register one special, shown as ``s1`` below; a
+plugin method's special comes after it and makes the gpt2 / bytes vocabularies one id
+longer, so models trained with it need the plugin loaded (docs/architecture.md, "Tokenizers"):
 
 =============  ===================================  ====  =====  =====  ===========
-kind           vocabulary                           eod   eos    gist   vocab_size
+kind           vocabulary                           eod   eos    s1     vocab_size
 =============  ===================================  ====  =====  =====  ===========
 gpt2           GPT-2's 50,257 ids                   50256 50257  50258  50259
 bytes          byte value b -> id b (0..255)        256   257    258    259
 sentencepiece  the model's pieces, then any missing specials appended in the order
-               eod, eos, gist (models from :func:`train_sentencepiece` already hold all)
+               eod, eos, the registered ones (models from :func:`train_sentencepiece` hold all)
 hf             a ``tokenizer.json`` (imported models)  its eos_token; the registered
                specials if the vocabulary has them (`HFTokenizer`)
 =============  ===================================  ====  =====  =====  ===========
@@ -158,7 +157,7 @@ class _Specials:
 
 
 class BytesTokenizer(_Specials):
-    """UTF-8 bytes as ids 0..255; eod 256, then the registered specials (eos 257, gist 258); pad = eod."""
+    """UTF-8 bytes as ids 0..255; eod 256, eos 257, then the registered specials (258, ...); pad = eod."""
 
     name = "bytes"
 

@@ -77,7 +77,7 @@ class GenerationRequestError(UserError, ValueError):
 
 def check_lengths(config, prompts: list[list[int]], max_new_tokens: int, offsets: list[int] | None = None) -> None:
     """`GenerationRequestError` unless every prompt + ``max_new_tokens`` fits ``max_seq_len``;
-    ``offsets[b]``: positions before prompt b that its cache already holds (a stored gist prefix)."""
+    ``offsets[b]``: positions before prompt b that its cache already holds (e.g. a stored prefix's K/V)."""
     if max_new_tokens < 1:
         raise GenerationRequestError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not prompts or any(len(p) == 0 for p in prompts):

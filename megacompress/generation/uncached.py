@@ -2,8 +2,8 @@
 
 The reference every cached algorithm must equal (each step *is* a teacher-forced forward
 over the sequence so far), the "slow" mode of ``python -m megacompress.generate`` and the
-"uncached baseline" of ``benchmarks/gpthf_generation.py``. Works for any registered
-architecture; one that takes ``eos_mask`` (GPTHF) gets the sentence ends of the sequence,
+"uncached baseline" of the generation benchmarks. Works for any registered
+architecture; one that takes ``eos_mask`` (a sentence-level model) gets the sentence ends of the sequence,
 i.e. the positions holding ``eos_id``.
 """
 

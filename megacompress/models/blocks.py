@@ -8,7 +8,7 @@ sums all-reduced), so one block costs two all-reduces of ``[B, S, H]`` forward.
 
 The attention mask is prepared once per batch (`megacompress.attention.dispatch.prepare`)
 and passed to every layer; a stack does not know which pattern it runs, which is what
-lets GPTHF (encoder + body stacks) and gist models reuse these blocks unchanged.
+lets the methods' models (several stacks, other masks) reuse these blocks unchanged.
 
 Every module takes ``(config, seed, prefix)``: ``prefix`` is its parameter-name prefix in
 the model (e.g. ``"stack.layers.3.mlp"``) and keys the initialisation stream of its

@@ -61,7 +61,7 @@ class GPT(nn.Module):
             vocab_multiple=VOCAB_MULTIPLE)
 
     def build_layers(self, config: ModelConfig, seed: int) -> None:
-        """The transformer layers between embedding and final norm (GPTHF overrides this)."""
+        """The transformer layers between embedding and final norm (a model with several stacks overrides this)."""
         self.stack = TransformerStack(config, config.num_layers, seed, "stack.layers")
 
     @property

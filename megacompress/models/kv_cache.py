@@ -9,9 +9,9 @@ the ``position_ids`` it wants to the model). Row b holds its entries in slots
 lengths (a ``-1`` key is invisible to every real query, docs/attention.md).
 
 Rows are independent: they append at different steps, a row can be reset, and a row can
-start from K/V given by the caller (`load`). That is what GPTHF's sentence cache (append
-only when a sentence ends), its per-sentence encoder cache (reset at each EOS) and gist
-caching (start from the gists' K/V) need.
+start from K/V given by the caller (`load`). That is what the methods' caches need: one
+that appends only when a sentence ends, one reset at each sentence end, one that starts
+from stored K/V of a prefix.
 
 A forward step with Q new tokens per row (see `GPT.forward(kv_cache=...)`):
   1. ``begin_step(document_ids [B, Q], commit=None)`` puts row b's new tokens in slots
@@ -22,7 +22,7 @@ A forward step with Q new tokens per row (see `GPT.forward(kv_cache=...)`):
      returns views of slots ``0 .. max(lengths)+Q-1``;
   3. ``end_step()`` advances ``lengths[b]`` by Q for the rows in ``commit`` (default:
      all) and clears the new slots of the other rows: they attended to the cache and to
-     their own new tokens, but keep nothing (GPTHF's body appends only at an EOS).
+     their own new tokens, but keep nothing (e.g. a cache that appends only at a sentence end).
 """
 
 from __future__ import annotations

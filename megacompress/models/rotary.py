@@ -2,7 +2,7 @@
 
 Positions are given as ``position_ids [B, S]`` rather than assumed to be ``0..S-1``:
 packed documents restart at 0, left-padded generation rows start at different offsets,
-and gist / GPTHF caching keep tokens at their original positions.
+and the methods' caches keep tokens at their original positions.
 
 Convention: the "rotate half" (GPT-NeoX / Llama) layout. For head dimension D, pair
 ``(x[i], x[i + D/2])`` is rotated by angle ``pos * theta^(-2i/D)``, i < D/2.

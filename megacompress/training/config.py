@@ -47,7 +47,7 @@ class TrainConfigError(UserError, ValueError):
 class ModelSection:
     """``preset`` names a `ModelConfig` preset; ``overrides`` replace individual fields of it.
     ``init_from``: a ``save_pretrained`` directory whose weights start the run (fine-tuning,
-    e.g. a gist model from ``python -m megacompress.gist init``); empty = seeded random init."""
+    e.g. a model a method's ``init`` subcommand made); empty = seeded random init."""
 
     preset: str = "tiny"
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -71,7 +71,7 @@ class TokenizerSection:
 
 @dataclass
 class OptimizerSection:
-    """AdamW with the GPTHF settings; decay applies to matrices only (not norms)."""
+    """AdamW; weight decay applies to matrices only (not norms)."""
 
     lr: float = 6.0e-4
     min_lr: float = 6.0e-5
@@ -86,7 +86,7 @@ class OptimizerSection:
 class ScheduleSection:
     """Steps, learning-rate shape and batch sizes (in sequences).
 
-    The batch-size ramp (GPTHF: 64 -> 4096 at 60% of training) is on when
+    The batch-size ramp (e.g. 64 -> 4096 over the first 60% of training) is on when
     ``ramp_start_batch_size > 0``: the global batch grows linearly, in multiples of
     ``micro_batch_size * dp``, from ``ramp_start_batch_size`` to ``global_batch_size``,
     reached at step ``ramp_fraction * train_steps``.

@@ -62,7 +62,7 @@ class WarmupDecayLR(torch.optim.lr_scheduler.LRScheduler):
 
 
 class BatchSizeRamp:
-    """Global batch size per step: linear ramp from ``start`` to ``peak`` (GPTHF: 64 -> 4096
+    """Global batch size per step: linear ramp from ``start`` to ``peak`` (e.g. 64 -> 4096
     reached at 60% of training), rounded down to a multiple of ``unit`` = micro batch x DP.
 
     Callable, so it plugs into `DataParallelSampler(global_batch_size=...)`. ``start == 0``

@@ -223,7 +223,7 @@ class Trainer:
 
     def _check_data_made_for_model(self) -> None:
         """Refuse data formatted for another model (a dataset's ``made_for_model``, e.g. instruction shards
-        of another gist k: the mask would silently follow the shard's k); names the shard."""
+        of another model setting: the mask would silently follow the shard's); names the shard."""
         for split, dataset in (("train", self.train_data), ("valid", self.valid_data)):
             for part in getattr(dataset, "datasets", [dataset]):  # the shards of a blend, or the one
                 for field, value in getattr(part, "made_for_model", {}).items():
