@@ -77,7 +77,8 @@ class Attention(nn.Module):
     The fused qkv weight's output dimension is laid out per KV group:
     ``[group g: q heads g*r .. g*r+r-1, k head g, v head g] x D`` with r = Hq / Hkv, so
     a contiguous column-parallel split hands every TP rank whole groups (this is why
-    both head counts must be divisible by the TP size).
+    both head counts must be divisible by the TP size). With ``config.qkv_bias`` the fused
+    bias has the same layout and is split over TP ranks like the weight's rows.
     """
 
     def __init__(self, config: ModelConfig, seed: int, prefix: str):
@@ -88,7 +89,7 @@ class Attention(nn.Module):
         self.num_kv_heads_local = divide(config.num_kv_heads, tp, "num_kv_heads")
         self.num_heads_local = self.num_kv_heads_local * self.q_per_kv
         qkv_out = (config.num_heads + 2 * config.num_kv_heads) * self.head_dim
-        self.qkv = ColumnParallelLinear(config.hidden_size, qkv_out, init_std=config.init_std,
+        self.qkv = ColumnParallelLinear(config.hidden_size, qkv_out, bias=config.qkv_bias, init_std=config.init_std,
                                         init_seed=seed, seed_offset=f"{prefix}.qkv")
         self.out = RowParallelLinear(config.num_heads * self.head_dim, config.hidden_size,
                                      init_std=_output_std(config), init_seed=seed, seed_offset=f"{prefix}.out")

@@ -57,6 +57,12 @@ class ModelConfig:
     init_std: float = 0.02
     tie_embeddings: bool = True
     attention_backend: str = "auto"  # passed to megacompress.attention.dispatch.prepare
+    # Biases on the q/k/v projections (Qwen2); the output projection and the MLP have none.
+    qkv_bias: bool = False
+    # None: plain RoPE. Llama-3.1's frequency scaling: {"rope_type": "llama3", "factor",
+    # "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
+    # (`megacompress.models.rotary.rope_inv_freq`). Files without these two keys load as before.
+    rope_scaling: dict[str, Any] | None = None
     # megacompress.models.registry name: which model class this config builds. Fields only
     # one architecture has live in its registered subclass, checked by its `validate_config`.
     architecture: str = "gpt"
@@ -108,6 +114,9 @@ class ModelConfig:
                                     f"tensor-parallel size {tp_size}")
         if self.rope_theta <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
             problems.append("rope_theta, norm_eps and init_std must be > 0")
+        if not isinstance(self.qkv_bias, bool):
+            problems.append(f"qkv_bias must be true or false, got {self.qkv_bias!r}")
+        problems += rope_scaling_problems(self.rope_scaling)
         problems += self._architecture_problems()
         if problems:
             raise ConfigError("invalid ModelConfig: " + "; ".join(problems))
@@ -159,6 +168,39 @@ class ModelConfig:
         if name not in PRESETS:
             raise ConfigError(f"unknown model preset {name!r}; available: {', '.join(sorted(PRESETS))}")
         return cls.from_dict({**PRESETS[name], **overrides})
+
+
+ROPE_SCALING_TYPES = {  # rope_type -> its keys besides rope_type
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+def rope_scaling_problems(scaling: Any) -> list[str]:
+    """What is wrong with a ``rope_scaling`` value (empty: None or a valid llama3 dict)."""
+    if scaling is None:
+        return []
+    if not isinstance(scaling, dict):
+        return [f"rope_scaling must be null or a dict, got {scaling!r}"]
+    kind = scaling.get("rope_type")
+    if kind not in ROPE_SCALING_TYPES:
+        return [f"rope_scaling rope_type {kind!r} is not supported (supported: "
+                f"{', '.join(map(repr, ROPE_SCALING_TYPES))})"]
+    keys = ROPE_SCALING_TYPES[kind]
+    wrong = sorted(set(scaling) - set(keys) - {"rope_type"})
+    missing = [k for k in keys if k not in scaling]
+    if wrong or missing:
+        return [f"rope_scaling {kind!r} needs exactly the keys rope_type, {', '.join(keys)}"
+                + (f"; missing {', '.join(missing)}" if missing else "")
+                + (f"; unknown {', '.join(wrong)}" if wrong else "")]
+    bad = [k for k in keys if isinstance(scaling[k], bool) or not isinstance(scaling[k], (int, float))
+           or not scaling[k] > 0]
+    if bad:
+        return [f"rope_scaling {', '.join(bad)} must be positive numbers"]
+    if not isinstance(scaling["original_max_position_embeddings"], int):
+        return ["rope_scaling original_max_position_embeddings must be an int"]
+    if scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
+        return ["rope_scaling high_freq_factor must be > low_freq_factor"]
+    return []
 
 
 def register_preset(name: str, fields: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ F FFN hidden, V vocabulary, S sequence length.
 
 Parameters (exactly what ``sum(p.numel())`` of a TP=1 `GPT` gives; Vp = padded V):
     per layer   = 2H (two RMSNorm gains) + H(Hq + 2Hkv)D (qkv) + Hq D H (out) + 3HF (SwiGLU)
+                  [+ (Hq + 2Hkv)D with ``qkv_bias``; bias adds count no FLOPs]
     total       = Vp H (embedding) + L per_layer + H (final norm) [+ Vp H if untied head]
 
 FLOPs per token (a multiply-add counts 2; norms, RoPE, softmax are ignored):
@@ -53,7 +54,8 @@ def count_parameters(config: ModelConfig, tp_size: int = 1) -> ParamCount:
     """Unsharded parameter count of `GPT(config)` built for TP size ``tp_size``."""
     h, d = config.hidden_size, config.head_dim
     attention = h * (config.num_heads + 2 * config.num_kv_heads) * d + config.num_heads * d * h
-    per_layer = 2 * h + attention + 3 * h * config.ffn_hidden_size
+    qkv_bias = (config.num_heads + 2 * config.num_kv_heads) * d if config.qkv_bias else 0
+    per_layer = 2 * h + attention + qkv_bias + 3 * h * config.ffn_hidden_size
     embedding = config.padded_vocab_size(tp_size) * h
     return ParamCount(embedding=embedding, per_layer=per_layer, num_layers=config.num_layers,
                       final_norm=h, lm_head=0 if config.tie_embeddings else embedding)

@@ -94,7 +94,8 @@ class GGUFFile:
             raise ConversionError(f"{self.path}: not a readable GGUF file ({exc})") from None
         arch = self.get("general.architecture")
         if arch != "llama":
-            raise ConversionError(f"{self.path}: general.architecture is {arch!r}; only 'llama' is supported")
+            raise ConversionError(f"{self.path}: general.architecture is {arch!r}; only 'llama' (Llama, Mistral) "
+                                  "is supported")
 
     def get(self, key: str, default=None):
         field = self.reader.fields.get(key)
@@ -108,7 +109,12 @@ class GGUFFile:
                 raise ConversionError(f"{self.path}: metadata key llama.{key} is missing")
             return value
 
-        return {"vocab_size": self.get("llama.vocab_size") or len(self.get("tokenizer.ggml.tokens", [])),
+        scaling = self.get("llama.rope.scaling.type")
+        if scaling not in (None, "none") or any(t.name == "rope_freqs.weight" for t in self.reader.tensors):
+            raise ConversionError(f"{self.path}: RoPE scaling ({scaling or 'rope_freqs tensor, Llama-3.1'}) is not "
+                                  "supported from GGUF; import the Hugging Face checkpoint with import-hf")
+        return {"model_type": "llama",
+                "vocab_size": self.get("llama.vocab_size") or len(self.get("tokenizer.ggml.tokens", [])),
                 "hidden_size": need("embedding_length"), "num_hidden_layers": need("block_count"),
                 "num_attention_heads": need("attention.head_count"),
                 "num_key_value_heads": self.get("llama.attention.head_count_kv"),

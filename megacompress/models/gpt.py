@@ -51,7 +51,7 @@ class GPT(nn.Module):
         h = config.hidden_size
         self.embed = VocabParallelEmbedding(config.vocab_size, h, init_std=config.init_std, init_seed=seed,
                                             seed_offset="embed", vocab_multiple=VOCAB_MULTIPLE)
-        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling)
         self.build_layers(config, seed)
         self.norm = RMSNorm(h, config.norm_eps)
         # An untied head is a second vocab-sharded [Vp/tp, H] table (same padding and

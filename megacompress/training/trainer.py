@@ -316,7 +316,13 @@ class Trainer:
             f"  world {state.get_world_size()} = TP {state.get_tensor_parallel_world_size()} x DP {self.dp_size}; "
             f"ZeRO stage {self.engine.zero_optimization_stage()}; "
             f"{engine_precision(self.engine)} on {self.engine.device}",
-            f"  model {c.model.preset} {self.model_config.to_dict()}",
+            f"  model {self.model_config.architecture} ({type(self.engine.module).__name__}), {params.total:,} "
+            f"parameters ({params.total / 1e6:.1f} M), " + (f"weights from {self.resumed_from} (resumed; the run "
+                                                            "started from " if self.resumed_from else "")
+            + (f"weights from {c.model.init_from} (model.init_from)" if c.model.init_from else "a random init of "
+               f"preset {c.model.preset}" + (f" with {len(c.model.overrides)} field(s) overridden" * bool(
+                   c.model.overrides))) + (")" if self.resumed_from else ""),
+            f"  model config {self.model_config.to_dict()}",
             f"  parameters {params.total:,} ({params.non_embedding:,} non-embedding)",
             f"  batch: global {s.global_batch_size} seqs x {self.seq_length} tokens, micro {s.micro_batch_size}, "
             f"accumulation {self.engine.gradient_accumulation_steps()}, ramp {ramp}",

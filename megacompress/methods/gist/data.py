@@ -13,8 +13,9 @@ empty input; ``bos`` only when the tokenizer says prompts start with it (``add_b
 Loss is only on the output tokens (including the final eod).
 
 Records are Alpaca-style objects ``{"instruction", "input", "output"}`` in a JSON list or
-JSONL file (`read_records`); ``instruction`` and (for training) ``output`` are required
-strings, ``input`` is optional (absent = empty). ``python -m megacompress.gist prepare``
+JSONL file (`read_records`), a parquet file, a ``datasets`` save_to_disk directory or
+``hf:NAME[:SPLIT]``, with other column names mapped (`sources.load_records`); ``instruction``
+and (for training) ``output`` are required strings, ``input`` is optional (absent = empty). ``python -m megacompress.gist prepare``
 (`prepare_instruction_shard`) writes one shard ``PREFIX`` (one sequence per record: the
 whole formatted record), ``PREFIX.gist.npy`` (int64 [N, 5]: gist_start, gist_end,
 input_start, input_end, output_start per record) and ``PREFIX.meta.json`` (tokenizer
@@ -27,6 +28,11 @@ of its output; never the instruction, the gists or the output's first token. A r
 that does not fit even so is left out; all three counts are reported once (a warning) when
 the dataset is built. Samples: ``input_ids``, ``labels``, ``position_ids``, ``document_ids``
 [S] and ``gist_start``, ``gist_end`` (scalars; ``collate`` makes them [B]).
+
+Serving (`InstructionFormat` with ``max_seq_len``, `InstructionFormat.prompt`) follows the same
+order: a prompt too long for ``max_seq_len`` and the new tokens loses the end of its input first,
+then its new-token budget (at least one new token stays), and an instruction too long even for that
+loses its end; never the gists or the heads. Nothing is left out: every record is answered.
 
 With ``data.pack_records: true`` a sample holds as many whole records as fit its S slots
 (next-fit in the shuffled order: a record of T tokens takes T - 1 slots, as alone): record j
@@ -121,7 +127,7 @@ class FormattedRecord:
 class InstructionFormat:
     """The gist format (docs/gist.md, "Format") for one tokenizer and k; see the module docstring."""
 
-    def __init__(self, tokenizer: Tokenizer, k: int):
+    def __init__(self, tokenizer: Tokenizer, k: int, max_seq_len: int | None = None):
         if k < 1:
             raise ValueError(f"the gist format needs k >= 1 gist tokens, got {k}")
         self.tokenizer, self.k = tokenizer, k
@@ -130,10 +136,53 @@ class InstructionFormat:
         self.bos = [bos] if bos is not None and getattr(tokenizer, "add_bos", False) else []
         self.input_head = tokenizer.encode_continuation("\nInput:")
         self.output_head = tokenizer.encode_continuation("\nOutput:")
+        # Serving (``max_seq_len`` given): the longest prefix that leaves room for both heads and
+        # one new token; a longer instruction loses its end (`prefix`), never its gists.
+        self.max_seq_len = max_seq_len
+        self.max_prefix = None
+        if max_seq_len is not None:
+            self.max_prefix = max_seq_len - len(self.input_head) - len(self.output_head) - 1
+            if self.max_prefix < len(self.bos) + k + 1:
+                raise InstructionDataError(f"max_seq_len {max_seq_len} leaves no room for an instruction, its {k} "
+                                           "gists, the input and output heads and one new token")
+
+    def instruction_cut(self, instruction: str) -> int:
+        """Instruction tokens `prefix` drops to fit ``max_seq_len`` (0 without one)."""
+        if self.max_prefix is None:
+            return 0
+        n = len(self.bos) + len(self.tokenizer.encode(f"Instruction: {instruction}\n")) + self.k
+        return max(0, n - self.max_prefix)
 
     def prefix(self, instruction: str) -> list[int]:
-        """bos + instruction + gists: the part that gist caching compresses."""
-        return self.bos + self.tokenizer.encode(f"Instruction: {instruction}\n") + [self.gist_id] * self.k
+        """bos + instruction + gists: the part that gist caching compresses. With ``max_seq_len``
+        the end of an instruction too long to serve is cut (`instruction_cut`), its gists kept."""
+        body = self.tokenizer.encode(f"Instruction: {instruction}\n")
+        if self.max_prefix is not None:
+            body = body[:self.max_prefix - len(self.bos) - self.k]
+        return self.bos + body + [self.gist_id] * self.k
+
+    def prompt(self, instruction: str, input: str, max_new_tokens: int) -> tuple[FormattedRecord, int, dict]:
+        """The prompt that generation continues, fitted to ``max_seq_len`` (set at construction) with
+        ``max_new_tokens`` new tokens: (record, new tokens it may generate, what was cut).
+
+        The rule (docs/gist.md, "Instruction data sources, long records, several evaluation
+        splits"): first the end of the input is cut, as far as needed, down to no input; if the
+        prompt still leaves fewer than ``max_new_tokens`` positions, that record generates only as
+        many as are left (at least one); an instruction too long for even that loses its end
+        (`prefix`). The gists, both heads and the output's start are never cut. ``cuts``:
+        ``input_tokens``, ``instruction_tokens`` cut and ``new_tokens`` (the new-token budget lost).
+        """
+        if self.max_seq_len is None:
+            raise ValueError("InstructionFormat.prompt needs the model's max_seq_len")
+        rec = self.format(instruction, input)
+        budget = self.max_seq_len - max_new_tokens
+        cut_input = min(max(0, len(rec.tokens) - budget), rec.input_end - rec.input_start)
+        tokens = rec.tokens[:rec.input_end - cut_input] + rec.tokens[rec.input_end:]
+        fitted = FormattedRecord(tokens, rec.gist_start, rec.gist_end, rec.input_start,
+                                 rec.input_end - cut_input, len(tokens))
+        new_tokens = min(max_new_tokens, self.max_seq_len - len(tokens))
+        return fitted, new_tokens, {"input_tokens": cut_input, "instruction_tokens": self.instruction_cut(instruction),
+                                    "new_tokens": max_new_tokens - new_tokens}
 
     def format(self, instruction: str, input: str = "", output: str | None = None) -> FormattedRecord:
         """The whole record (``output=None``: the prompt that generation continues)."""
@@ -146,10 +195,14 @@ class InstructionFormat:
                                input_start + len(input_ids), len(tokens) - len(out))
 
 
-def prepare_instruction_shard(records_path: str, tokenizer: Tokenizer, k: int, prefix: str) -> dict:
-    """Write the ``instruction`` shard of ``records_path`` (module docstring); returns the meta."""
+def prepare_instruction_shard(records_path: str, tokenizer: Tokenizer, k: int, prefix: str,
+                              fields: dict[str, str] | None = None) -> dict:
+    """Write the ``instruction`` shard of ``records_path`` (any source of `sources.load_records`,
+    ``fields`` its column mapping; module docstring); returns the meta."""
+    from megacompress.methods.gist.sources import load_records
+
     fmt = InstructionFormat(tokenizer, k)
-    records = read_records(records_path)
+    records = load_records(records_path, fields, need_output=True)
     skipped: Counter = Counter()
     offsets = []
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +227,7 @@ def prepare_instruction_shard(records_path: str, tokenizer: Tokenizer, k: int, p
                           "vocab_size": tokenizer.vocab_size,
                           "model": os.path.basename(getattr(tokenizer, "model_path", "") or "") or None},
             "flags": {"append_eod": True},
-            "instruction": {"k": k, "source": os.path.basename(records_path), "records": len(records),
+            "instruction": {"k": k, "source": os.path.basename(str(records_path).rstrip("/")), "records": len(records),
                             "kept": len(offsets), "skipped": dict(skipped)}}
     write_text_atomic(prefix + ".meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return meta

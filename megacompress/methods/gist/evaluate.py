@@ -6,6 +6,10 @@ whitespace); mean output and reference lengths in tokens; per record its output,
 length, so two models scored on the same records can be compared pairwise
 (`paired_interval`: a few dozen records leave ROUGE-L means uncertain by points).
 
+Several splits and models (`score` each, `comparison_table`, `plot_table`): one table of ROUGE-L
+per split and model, with a reference model's ratio to and difference from each other model
+and their paired bootstrap intervals; written as JSON and a PNG bar chart by ``gist evaluate``.
+
 Efficiency (`efficiency`), on the same records and model, greedy, a fixed number of new
 tokens (no early stop, so both sides decode the same count):
 
@@ -29,7 +33,7 @@ from collections.abc import Callable
 
 import torch
 
-from megacompress.methods.gist.generate import generate_cached, generate_full, serving_batches
+from megacompress.methods.gist.generate import fit_records, generate_cached, generate_full, serving_batches
 from megacompress.models.flops import flop_counter_mode
 
 
@@ -88,7 +92,8 @@ def efficiency(model, fmt, records: list[dict], entries: list, max_new_tokens: i
     in batches of ``batch_size`` (default: one batch) grouped by length as `answer` does;
     FLOPs and seconds are summed over the batches. ``count_total_flops=False`` skips counting
     prefill + generation (FlopCounterMode slows a decode loop down ~2.5x); its keys are then None."""
-    formatted = [fmt.format(r["instruction"], r.get("input", "")) for r in records]
+    formatted, budgets, _ = fit_records(model, fmt, records, max_new_tokens)  # long records fitted as served
+    max_new_tokens = min(budgets)
     size = batch_size or len(records)
 
     def gist(rows: list[int], n: int) -> Callable[[], object]:
@@ -145,3 +150,98 @@ def bits_per_byte(model, tokenizer, text: str, window: int = 512) -> dict:
     nbytes = len(text.encode("utf-8"))
     return {"bytes": nbytes, "tokens": len(ids), "bits_per_byte": total / math.log(2) / nbytes * len(ids) / count,
             "nll_per_token": total / count}
+
+
+def score(model, fmt, tokenizer, records: list[dict], max_new_tokens: int, *, batch_size: int = 8,
+          show_progress: bool = False) -> tuple[dict, dict | None]:
+    """(`quality` of the greedy answers to ``records`` + ``truncation``: the counts of
+    `generate.fit_records`, the gist cache it used or None). A ``gist`` model answers from
+    in-memory gist caches, a control over the full prompt (its own mask)."""
+    from megacompress.methods.gist import cache as gist_cache
+    from megacompress.methods.gist.generate import answer
+
+    instructions = list(dict.fromkeys(r["instruction"] for r in records))
+    cached = model.config.gist_variant == "gist"
+    cache = dict(zip(instructions, gist_cache.compress(model, fmt, instructions, batch_size))) if cached else None
+    counts: dict = {}
+    outputs = answer(model, fmt, records, max_new_tokens, cache=cache, batch_size=batch_size,
+                     show_progress=show_progress, counts=counts)
+    references = [r["output"] for r in records]
+    report = quality([tokenizer.decode(o).strip() for o in outputs], references, [len(o) for o in outputs],
+                     [len(tokenizer.encode_continuation(" " + r)) for r in references])
+    report["truncation"] = counts
+    return report, cache
+
+
+def comparison_table(results: dict[str, dict[str, dict]], reference: str) -> tuple[dict, list[dict]]:
+    """``results[model][split]`` (`score` reports) -> (per split the paired comparisons of
+    ``reference`` vs every other model, the table: one row per split and model).
+
+    A row holds the model's ROUGE-L (standard error), exact match, records, truncated inputs and,
+    for a model other than the reference, ``ratio`` = reference / model and ``difference`` =
+    reference - model of the mean ROUGE-L with their paired 95% bootstrap intervals
+    (`paired_interval` over the split's records; None below 2 records)."""
+    splits = list(next(iter(results.values())))
+    comparisons: dict[str, dict] = {split: {} for split in splits}
+    rows = []
+    for split in splits:
+        base = results[reference][split]
+        base_scores = [r["rouge_l"] for r in base["per_record"]]
+        for name, by_split in results.items():
+            report = by_split[split]
+            row = {"split": split, "model": name, "records": report["records"], "rouge_l": report["rouge_l"],
+                   "rouge_l_stderr": report["rouge_l_stderr"], "exact_match": report["exact_match"],
+                   "input_truncated": report.get("truncation", {}).get("input_truncated", 0),
+                   "ratio": None, "ratio_ci95": None, "difference": None, "difference_ci95": None}
+            if name != reference:
+                scores = [r["rouge_l"] for r in report["per_record"]]
+                row["ratio"] = base["rouge_l"] / report["rouge_l"] if report["rouge_l"] else None
+                row["difference"] = base["rouge_l"] - report["rouge_l"]
+                if len(scores) >= 2:
+                    interval = paired_interval(base_scores, scores)
+                    row["ratio_ci95"], row["difference_ci95"] = interval["ratio"], interval["difference"]
+                comparisons[split][f"{reference}_vs_{name}"] = {
+                    key: row[key] for key in ("ratio", "ratio_ci95", "difference", "difference_ci95")}
+            rows.append(row)
+    return comparisons, rows
+
+
+def plot_table(rows: list[dict], reference: str, path) -> None:
+    """Bar chart of the table (`comparison_table`): ROUGE-L per split (groups) and model (bars), standard
+    errors as error bars, each non-reference bar labelled with reference / model and its interval.
+    Written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from megacompress.atomic import atomic_write
+
+    splits = list(dict.fromkeys(r["split"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(splits) * len(models) ** 0.5 + 2), 4))
+    for j, model in enumerate(models):
+        mine = {r["split"]: r for r in rows if r["model"] == model}
+        xs = [i + j * width for i in range(len(splits))]
+        heights = [mine[s]["rouge_l"] for s in splits]
+        ax.bar(xs, heights, width, label=model, yerr=[mine[s]["rouge_l_stderr"] or 0 for s in splits], capsize=3)
+        for x, s in zip(xs, splits):
+            row = mine[s]
+            key = "ratio" if row["ratio"] is not None else "difference"  # no ratio to a zero score
+            if row[key] is not None:
+                ci = row[f"{key}_ci95"]
+                text = ("" if key == "ratio" else "diff ") + f"{row[key]:.2f}" + (
+                    f"\n[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+                ax.annotate(text, (x, row["rouge_l"]), ha="center", va="bottom", fontsize=6,
+                            xytext=(0, 8), textcoords="offset points")
+    ax.set_xticks([i + (len(models) - 1) * width / 2 for i in range(len(splits))],
+                  [f"{s}\n({next(r['records'] for r in rows if r['split'] == s)} records)" for s in splits])
+    ax.set_ylim(0, max(1.0, ax.get_ylim()[1] * 1.15))
+    ax.set_ylabel("ROUGE-L (x100)")
+    ax.set_title(f"ROUGE-L per split (labels: {reference} / model, else {reference} - model; paired 95% "
+                 "interval)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)

@@ -23,6 +23,10 @@ the logits equal `generate_full` with the ``gist`` variant.
 whole prompts at slots (= positions) 0.., with the model's gist mask (``gist_start`` /
 ``gist_end``) in prefill and in every decode step.
 
+`answer` fits every record to ``max_seq_len`` first (`fit_records`, `InstructionFormat.prompt`:
+the end of the input is cut, then the record's new tokens; counted), so a long record is
+served, never a failed batch.
+
 Both decode greedily with `megacompress.generation.generate.decode_loop` (a row stops after
 ``eod_id``; per-step logits on request).
 """
@@ -142,25 +146,56 @@ def serving_batches(formatted: list, batch_size: int, *, cached: bool) -> list[l
     return length_batches([len(f.tokens) - (f.gist_end if cached else 0) for f in formatted], batch_size)
 
 
+def fit_records(model, fmt, records: list[dict], max_new_tokens: int) -> tuple[list, list[int], dict]:
+    """(prompts fitted to the model's ``max_seq_len``, new tokens each may generate, counts) for
+    ``{instruction, input}`` records, by the rule of `InstructionFormat.prompt`: the end of the
+    input is cut first, then the record's new-token budget, then the end of the instruction;
+    never the gists or the output's start. Counts: ``records``, ``input_truncated`` (records),
+    ``input_tokens_cut``, ``instruction_truncated``, ``new_tokens_capped`` (records)."""
+    from megacompress.methods.gist.data import InstructionFormat
+
+    if fmt.max_seq_len != model.config.max_seq_len:
+        fmt = InstructionFormat(fmt.tokenizer, fmt.k, model.config.max_seq_len)
+    formatted, budgets = [], []
+    counts = dict.fromkeys(("input_truncated", "input_tokens_cut", "instruction_truncated", "new_tokens_capped"), 0)
+    for r in records:
+        rec, new_tokens, cuts = fmt.prompt(r["instruction"], r.get("input", ""), max_new_tokens)
+        formatted.append(rec)
+        budgets.append(new_tokens)
+        counts["input_truncated"] += cuts["input_tokens"] > 0
+        counts["input_tokens_cut"] += cuts["input_tokens"]
+        counts["instruction_truncated"] += cuts["instruction_tokens"] > 0
+        counts["new_tokens_capped"] += cuts["new_tokens"] > 0
+    return formatted, budgets, {"records": len(records), **counts}
+
+
 def answer(model, fmt, records: list[dict], max_new_tokens: int, *, cache=None, batch_size: int = 8,
-           show_progress: bool = False) -> list[list[int]]:
+           show_progress: bool = False, counts: dict | None = None) -> list[list[int]]:
     """Greedy output tokens (without the final eod) for ``{instruction, input}`` records, in input
     order: from ``cache`` (anything with ``get(instruction) -> GistEntry``: a `GistCache`, or a dict
     of `compress` results), or with ``cache=None`` over the full prompt under the gist mask. Records
-    are batched by length (`serving_batches`)."""
+    are batched by length (`serving_batches`). A record too long for ``max_seq_len`` is fitted by
+    `fit_records` (never an error); ``counts`` (a dict), when given, receives its counts. A record
+    whose new-token budget was cut is batched with others of the same budget only."""
     from megacompress.progress import progress
 
     eod = fmt.tokenizer.eod
-    formatted = [fmt.format(r["instruction"], r.get("input", "")) for r in records]
+    formatted, budgets, fitted = fit_records(model, fmt, records, max_new_tokens)
+    if counts is not None:
+        counts.update(fitted)
     outputs: list[list[int]] = [[] for _ in records]
-    batches = serving_batches(formatted, batch_size, cached=cache is not None)
-    for rows in progress(batches, desc="answer", unit="batch", enabled=show_progress):
+    batches = []
+    for budget in sorted(set(budgets), reverse=True):
+        rows = [i for i, b in enumerate(budgets) if b == budget]
+        batches += [([rows[j] for j in batch], budget)
+                    for batch in serving_batches([formatted[i] for i in rows], batch_size, cached=cache is not None)]
+    for rows, budget in progress(batches, desc="answer", unit="batch", enabled=show_progress):
         batch = [formatted[i] for i in rows]
         if cache is None:
-            out = generate_full(model, [f.tokens for f in batch], [f.gist_start for f in batch], max_new_tokens, eod_id=eod)
+            out = generate_full(model, [f.tokens for f in batch], [f.gist_start for f in batch], budget, eod_id=eod)
         else:
             entries = [cache.get(records[i]["instruction"]) for i in rows]
-            out = generate_cached(model, entries, [f.tokens[f.gist_end:] for f in batch], max_new_tokens, eod_id=eod)
+            out = generate_cached(model, entries, [f.tokens[f.gist_end:] for f in batch], budget, eod_id=eod)
         for row, tokens in zip(rows, out.tokens):
             outputs[row] = tokens[:-1] if tokens and tokens[-1] == eod else tokens
     return outputs
