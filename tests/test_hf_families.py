@@ -161,3 +161,20 @@ def test_cli_refusals_are_one_line(tmp_path):
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
     assert "model_type 'mixtral' is not supported" in done.stderr
     assert TEXT  # the tokenizer's training text is shared with test_hf_convert
+
+
+def test_import_gguf_qwen2_keeps_rows_and_biases(tmp_path):
+    """A qwen2 GGUF (llama.cpp's layout: q/k rows as Hugging Face's, biases as blk.i.attn_{q,k,v}.bias)
+    imports with the transformers model's logits (FFN weights as the file's Q8_0 holds them)."""
+    from megacompress.models.gguf_import import import_gguf
+    from workers.gist_common import write_tiny_gguf
+
+    hf = write_family(tmp_path / "hf", "qwen2")
+    reference = write_tiny_gguf(tmp_path / "tiny.gguf", tmp_path / "hf", hf)
+    with torch.no_grad():
+        hf.load_state_dict({n: torch.from_numpy(a) for n, a in reference.items()})
+    ours_dir = import_gguf(tmp_path / "tiny.gguf", tmp_path / "ours")
+    assert json.loads((ours_dir / "config.json").read_text())["qkv_bias"] is True
+    ids = torch.randint(3, hf.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (logits_of(load_ours(ours_dir), ids) - hf(ids).logits).abs().max() < 1e-4

@@ -10,9 +10,12 @@ in ggml order (fastest dimension first), so a weight listed as ``[in, out]`` is 
     output_norm -> model.norm             blk.i.attn_norm / ffn_norm -> input / post_attention_layernorm
     output -> lm_head (absent: tied)      blk.i.ffn_{gate,up,down} -> mlp.{gate,up,down}_proj
 
+Two GGUF architectures map onto our model: ``llama`` (Llama, Mistral) and ``qwen2`` (q/k/v
+biases, ``blk.i.attn_{q,k,v}.bias``; metadata keys start with ``qwen2.``). For ``llama``,
 llama.cpp's converter permutes the rows of attn_q and attn_k (per head, from rotate-half
 to interleaved pairs, its RoPE layout): original rows ``[h, 2, D/2]`` (two halves per head)
-are stored as ``[h, D/2, 2]``. `unpermute` swaps them back (attn_k uses the KV head count).
+are stored as ``[h, D/2, 2]``; `unpermute` swaps them back (attn_k uses the KV head count).
+``qwen2`` files keep Hugging Face's row order (llama.cpp runs them with NeoX-style RoPE).
 
 The tokenizer is rebuilt from the metadata with the ``tokenizers`` library, for two values of
 ``tokenizer.ggml.model`` (others raise `ConversionError`):
@@ -64,8 +67,8 @@ def hf_name(name: str) -> str:
     if name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[name]
     parts = name.split(".")
-    if len(parts) == 4 and parts[0] == "blk" and parts[2] in _LAYER_NAMES and parts[3] == "weight":
-        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.weight"
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in _LAYER_NAMES and parts[3] in ("weight", "bias"):
+        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{parts[3]}"
     return name  # unknown tensors are reported by from_hf_state
 
 
@@ -81,8 +84,11 @@ def spm_merges(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[st
     return [(left, right) for left, right, _ in ranked]
 
 
+ARCHITECTURES = ("llama", "qwen2")  # general.architecture values that map onto our model
+
+
 class GGUFFile:
-    """Metadata, fp32 tensors and tokenizer of one llama-architecture GGUF file."""
+    """Metadata, fp32 tensors and tokenizer of one llama- or qwen2-architecture GGUF file."""
 
     def __init__(self, path: str | Path):
         from gguf import GGUFReader
@@ -92,39 +98,41 @@ class GGUFFile:
             self.reader = GGUFReader(self.path)
         except (OSError, ValueError) as exc:
             raise ConversionError(f"{self.path}: not a readable GGUF file ({exc})") from None
-        arch = self.get("general.architecture")
-        if arch != "llama":
-            raise ConversionError(f"{self.path}: general.architecture is {arch!r}; only 'llama' (Llama, Mistral) "
-                                  "is supported")
+        self.arch = self.get("general.architecture")
+        if self.arch not in ARCHITECTURES:
+            raise ConversionError(f"{self.path}: general.architecture is {self.arch!r}; supported: 'llama' "
+                                  "(Llama, Mistral) and 'qwen2'")
 
     def get(self, key: str, default=None):
         field = self.reader.fields.get(key)
         return default if field is None else field.contents()
 
     def hf_config(self) -> dict:
-        """The metadata as a Hugging Face ``LlamaConfig`` dict."""
+        """The metadata as a Hugging Face ``LlamaConfig`` / ``Qwen2Config`` dict."""
+        arch = self.arch
+
         def need(key: str):
-            value = self.get(f"llama.{key}")
+            value = self.get(f"{arch}.{key}")
             if value is None:
-                raise ConversionError(f"{self.path}: metadata key llama.{key} is missing")
+                raise ConversionError(f"{self.path}: metadata key {arch}.{key} is missing")
             return value
 
-        scaling = self.get("llama.rope.scaling.type")
+        scaling = self.get(f"{arch}.rope.scaling.type")
         if scaling not in (None, "none") or any(t.name == "rope_freqs.weight" for t in self.reader.tensors):
             raise ConversionError(f"{self.path}: RoPE scaling ({scaling or 'rope_freqs tensor, Llama-3.1'}) is not "
                                   "supported from GGUF; import the Hugging Face checkpoint with import-hf")
-        return {"model_type": "llama",
-                "vocab_size": self.get("llama.vocab_size") or len(self.get("tokenizer.ggml.tokens", [])),
+        return {"model_type": arch,
+                "vocab_size": self.get(f"{arch}.vocab_size") or len(self.get("tokenizer.ggml.tokens", [])),
                 "hidden_size": need("embedding_length"), "num_hidden_layers": need("block_count"),
                 "num_attention_heads": need("attention.head_count"),
-                "num_key_value_heads": self.get("llama.attention.head_count_kv"),
+                "num_key_value_heads": self.get(f"{arch}.attention.head_count_kv"),
                 "intermediate_size": need("feed_forward_length"), "max_position_embeddings": need("context_length"),
-                "rope_theta": self.get("llama.rope.freq_base", 10000.0),
+                "rope_theta": self.get(f"{arch}.rope.freq_base", 10000.0),
                 "rms_norm_eps": need("attention.layer_norm_rms_epsilon"),
                 "tie_word_embeddings": not any(t.name == "output.weight" for t in self.reader.tensors)}
 
     def hf_tensors(self, heads: int, kv_heads: int) -> dict[str, torch.Tensor]:
-        """All tensors, dequantized to fp32, under Hugging Face names, q/k rows un-permuted."""
+        """All tensors, dequantized to fp32, under Hugging Face names, q/k rows un-permuted (``llama``)."""
         from gguf.quants import dequantize
 
         out = {}
@@ -135,7 +143,7 @@ class GGUFFile:
                 raise ConversionError(f"{self.path}: tensor {tensor.name}: cannot dequantize "
                                       f"{tensor.tensor_type.name} ({exc})") from None
             array = np.asarray(array, dtype=np.float32).reshape(tuple(int(n) for n in reversed(tensor.shape)))
-            if ".attn_q." in tensor.name or ".attn_k." in tensor.name:
+            if self.arch == "llama" and (".attn_q." in tensor.name or ".attn_k." in tensor.name):
                 array = unpermute(array, heads if ".attn_q." in tensor.name else kv_heads)
             out[hf_name(tensor.name)] = torch.from_numpy(array.copy())
         return out
@@ -175,7 +183,7 @@ class GGUFFile:
                   "bos_token": bos, "eos_token": eos, "pad_token": token("padding_token_id"),
                   "unk_token": token("unknown_token_id"),
                   "add_bos_token": add_bos, "add_eos_token": add_eos,
-                  "model_max_length": self.get("llama.context_length")}
+                  "model_max_length": self.get(f"{self.arch}.context_length")}
         template = self.get("tokenizer.chat_template")
         if template:
             config["chat_template"] = template
@@ -218,7 +226,7 @@ class GGUFFile:
 
 
 def import_gguf(path: str | Path, out_dir: str | Path, max_seq_len: int | None = None) -> Path:
-    """A llama GGUF file -> our model directory (fp32 weights + tokenizer files)."""
+    """A llama / qwen2 GGUF file -> our model directory (fp32 weights + tokenizer files)."""
     gguf_file = GGUFFile(path)
     hf = gguf_file.hf_config()
     config = config_from_hf(hf, str(gguf_file.path), max_seq_len)

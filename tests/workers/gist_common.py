@@ -70,13 +70,16 @@ def llama_cpp_permute(weight: np.ndarray, heads: int) -> np.ndarray:
 
 
 def write_tiny_gguf(path: Path, hf_dir: Path, model) -> dict[str, np.ndarray]:
-    """Write ``model`` (from `write_tiny_hf_llama`) as GGUF; returns the HF-named weights the file
-    holds after quantization (the reference for an importer)."""
+    """Write ``model`` (a tiny HF Llama or Qwen2 with this module's tokenizer) as GGUF the way
+    llama.cpp's converter does (q/k rows permuted for ``llama``; ``qwen2`` keeps them and its
+    q/k/v biases); returns the HF-named weights the file holds after quantization (the
+    reference for an importer)."""
     import gguf
     from gguf import GGMLQuantizationType
 
     cfg = model.config
-    w = gguf.GGUFWriter(str(path), "llama")
+    arch = cfg.model_type
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(cfg.num_hidden_layers)
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
@@ -109,9 +112,10 @@ def write_tiny_gguf(path: Path, hf_dir: Path, model) -> dict[str, np.ndarray]:
             gguf_name = names[name]
         else:
             i, rest = name.removeprefix("model.layers.").split(".", 1)
-            gguf_name = f"blk.{i}.{layer[rest.removesuffix('.weight')]}.weight"
+            module, kind = rest.rsplit(".", 1)
+            gguf_name = f"blk.{i}.{layer[module]}.{kind}"
         stored = array
-        if "attn_q" in gguf_name or "attn_k" in gguf_name:
+        if arch == "llama" and ("attn_q" in gguf_name or "attn_k" in gguf_name):
             stored = llama_cpp_permute(array, cfg.num_attention_heads if "attn_q" in gguf_name
                                        else cfg.num_key_value_heads)
         if "ffn_" in gguf_name and "norm" not in gguf_name:
