@@ -41,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     # First, before DeepSpeed's import, process groups and data: a SIGTERM during start-up then
     # still ends in a checkpoint and exit 75 (the default action would exit 143 with no status).
     stop = StopSignal()
+    try:
+        return _train(argv, stop)
+    finally:
+        stop.restore()  # main() also runs in-process (SLURM tasks, tests): leave the handlers as found
+
+
+def _train(argv: list[str] | None, stop: StopSignal) -> int:
     args = parse_args(argv)
     config = load_config(args.config, args.overrides)
     if args.print_config:

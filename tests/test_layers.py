@@ -2,7 +2,7 @@
 
 Layers, lowest first (a module may import its own layer and lower ones):
 
-    base        errors, atomic, integrity, progress, plugins, cli, __init__
+    base        errors, atomic, integrity, progress, plugins, pools, cli, __init__
     parallel    process groups, tensor-parallel layers
     attention   mask registry and backends
     data        shards, tokenizers, datasets, preprocessing
@@ -31,7 +31,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "megacompress"
 LAYERS = ["base", "parallel", "attention", "data", "models", "generation", "training", "entry", "launch", "methods",
           "shims"]
-BASE = {"errors", "atomic", "integrity", "progress", "plugins", "cli", "__init__", "assets"}
+BASE = {"errors", "atomic", "integrity", "progress", "plugins", "pools", "cli", "__init__", "assets"}
 ENTRY = {"train", "generate", "command", "__main__"}
 # Old command lines kept working (the contract); each only imports a method's main.
 SHIMS = {"gist", "compression"}

@@ -53,6 +53,7 @@ from megacompress.data.index_cache import file_records
 from megacompress.data.indexed import DTYPE_CODES, IndexedDatasetWriter, best_dtype, cast_tokens
 from megacompress.data.tokenizers import TOKENIZER_KINDS, build_tokenizer, encode_pieces
 from megacompress.errors import UserError
+from megacompress.pools import default_signals
 from megacompress.progress import progress
 
 # Record-level reasons to skip a record (for every key); "incomplete": some key was unusable.
@@ -318,7 +319,7 @@ def preprocess(cfg: PreprocessConfig) -> dict:
         method = "spawn" if sys.platform == "darwin" else "fork"
         pool = mp.get_context(method).Pool(
             cfg.workers,
-            initializer=_init_worker if method == "spawn" else None,
+            initializer=_init_worker if method == "spawn" else default_signals,
             initargs=init_args if method == "spawn" else (),
         )
 
