@@ -20,6 +20,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 from megacompress.errors import EXIT_USAGE, UserError, is_user_error
 
@@ -47,13 +48,23 @@ def plain(text: str) -> str:
     return re.sub(r"::$", ":", text, flags=re.M)
 
 
+def _run_module(invoked: str) -> str | None:
+    """The dotted name of the package module ``python -m`` ran (its file is ``sys.argv[0]``), so
+    that a kept old entry point (a shim module) shows the name the user typed."""
+    package = Path(__file__).resolve().parent
+    path = Path(invoked).resolve() if invoked.endswith(".py") else None
+    if path is None or package not in path.parents or path.name == "__main__.py":
+        return None
+    return ".".join(path.relative_to(package.parent).with_suffix("").parts)
+
+
 def parser(module: str, doc: str, *, script: str | None = None, epilog: str | None = None
            ) -> argparse.ArgumentParser:
     """The project's argument parser: the ``prog`` the user actually typed (``python tools/X.py``
     when run through that wrapper, else ``python -m MODULE``), the docstring as plain text,
     defaults in every flag's help, and ``--debug``."""
     invoked = sys.argv[0].replace(os.sep, "/") if sys.argv else ""
-    prog = f"python {script}" if script and invoked.endswith(script) else f"python -m {module}"
+    prog = f"python {script}" if script and invoked.endswith(script) else f"python -m {_run_module(invoked) or module}"
     prog = _PROG["name"] or prog
     result = argparse.ArgumentParser(prog=prog, description=plain(doc.strip()), epilog=epilog and plain(epilog),
                                      formatter_class=HelpFormatter)
