@@ -10,7 +10,7 @@ kind, tokenizer specials, a fast generator, ``megacompress`` subcommands — whe
 3. every ``megacompress.methods`` entry point of the installed distributions
    (``[project.entry-points."megacompress.methods"] mymethod = "mypkg.method"``).
 
-The registries call it before a lookup, so ``ModelConfig(architecture=...)`` or a dataset kind
+The registries look names up through `lookup`, which calls it on a miss, so ``ModelConfig(architecture=...)`` or a dataset kind
 in a YAML file finds a method without the caller importing it. Shared layers import methods
 only through this module, by name at run time; the layering test (``tests/test_layers.py``)
 checks that no static import goes upward.
@@ -38,6 +38,14 @@ def plugin_modules() -> list[str]:
     names = [n.strip() for n in os.environ.get(ENV_VAR, "").split(",") if n.strip()]
     names += [ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)]
     return names
+
+
+def lookup(table: dict, name):
+    """``table[name]`` of a registry, importing the methods first when ``name`` is not there
+    yet; None when no method registers it."""
+    if name not in table:
+        load_methods()
+    return table.get(name)
 
 
 def load_methods() -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from distributed_helpers import REPO_ROOT, cpu_env, free_port
 from launch_fixtures import CONFIG, read_losses, set_args, tiny_run
+from megacompress import cli
 from megacompress.launch import comm_volume, deepspeed_launch, slurm, torchrun
 from megacompress.launch.common import LaunchError, load_sweep
 
@@ -80,10 +81,10 @@ def test_torchrun_command_and_validation(tiny_data, tmp_path, capsys):
     assert cmd[cmd.index("-m", 3):][:4] == ["-m", "megacompress.train", "--config", str(CONFIG)]
     assert f"logging.run_dir={tmp_path.resolve()}" in cmd
     # global batch 16 = micro 4 x 4 ranks; 18 does not divide: refused before anything starts
-    assert torchrun.main(["--nproc-per-node", "4", "--config", str(CONFIG), "--set", "schedule.global_batch_size=18",
-                          "--dry-run"]) == 2
+    assert cli.run(torchrun.main, ["--nproc-per-node", "4", "--config", str(CONFIG), "--set",
+                                   "schedule.global_batch_size=18", "--dry-run"]) == 2
     assert "global batch size 18 is not a positive multiple" in capsys.readouterr().err
-    assert torchrun.main(["--config", str(CONFIG), "--set", "optimizer.lrr=1", "--dry-run"]) == 2
+    assert cli.run(torchrun.main, ["--config", str(CONFIG), "--set", "optimizer.lrr=1", "--dry-run"]) == 2
     assert "unknown config key 'optimizer.lrr' (did you mean 'optimizer.lr'?)" in capsys.readouterr().err
 
 
@@ -122,7 +123,7 @@ def test_missing_shard_fails_before_anything_starts(launcher, tiny_data, tmp_pat
     main, extra = {"torchrun": (torchrun.main, ["--dry-run"]),
                    "deepspeed": (deepspeed_launch.main, ["--hostfile", str(hostfile), "--dry-run"]),
                    "slurm": (slurm.main, ["--partition", "debug", "--time", "10", "--tasks-per-node", "2"])}[launcher]
-    assert main([*common, *extra]) == 2
+    assert cli.run(main, [*common, *extra]) == 2
     err = capsys.readouterr().err
     assert f"error: shard not found: {missing}" in err, err
     assert f"make it with python tools/preprocess_data.py --input FILES --output-prefix {missing.parent / 'valid'}" in err
@@ -165,7 +166,7 @@ def test_sweep_file(tmp_path):
 
 def test_comm_volume_refuses_an_empty_table(capsys):
     # 64 sequences cannot be split into micro batches of 8 over 64 or 32 DP ranks.
-    assert comm_volume.main(["--models", "baseline-12", "--gpus", "64", "--global-batch", "64"]) == 2
+    assert cli.run(comm_volume.main, ["--models", "baseline-12", "--gpus", "64", "--global-batch", "64"]) == 2
     assert "no layout fits" in capsys.readouterr().err
     assert comm_volume.main(["--models", "baseline-12", "--gpus", "64", "--global-batch", "512", "--zero", "1"]) == 0
     assert "baseline-12" in capsys.readouterr().out

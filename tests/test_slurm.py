@@ -24,6 +24,7 @@ import pytest
 from distributed_helpers import REPO_ROOT
 from launch_fixtures import (CONFIG, TRAIN_STEPS, checked, job_field, preempt_and_resume, read_losses, set_args,
                              slurm_launch, task_logs, tiny_run)
+from megacompress import cli
 from megacompress.launch import slurm
 
 REL = 1e-5
@@ -65,10 +66,10 @@ def test_preempted_job_requeues_and_resumes(slurm_cluster, tiny_data, zero2_job,
 def test_invalid_config_fails_at_submission(tmp_path, capsys):
     base = ["--config", str(CONFIG), "--partition", "debug", "--time", "00:30:00", "--gpus-per-node", "0",
             "--run-dir", str(tmp_path / "run")]
-    assert slurm.main([*base, "--tasks-per-node", "2", "--set", "optimizer.lrr=1e-3"]) == 2
+    assert cli.run(slurm.main, [*base, "--tasks-per-node", "2", "--set", "optimizer.lrr=1e-3"]) == 2
     assert "unknown config key 'optimizer.lrr' (did you mean 'optimizer.lr'?)" in capsys.readouterr().err
     # global batch 16 over 3 ranks with micro batch 4 cannot be split
-    assert slurm.main([*base, "--tasks-per-node", "3"]) == 2
+    assert cli.run(slurm.main, [*base, "--tasks-per-node", "3"]) == 2
     assert "global batch size 16 is not a positive multiple" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing was submitted
 

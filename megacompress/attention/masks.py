@@ -95,11 +95,10 @@ def mask_kinds() -> list[str]:
 
 
 def get_mask_kind(name: str) -> MaskKind:
-    if name not in _KINDS:
-        plugins.load_methods()
-    if name not in _KINDS:
+    kind = plugins.lookup(_KINDS, name)
+    if kind is None:
         raise ValueError(f"unknown attention mask kind {name!r}; registered: {', '.join(_KINDS)}")
-    return _KINDS[name]
+    return kind
 
 
 def check_ids(name: str, t: Tensor, ndim: int, *, bool_ok: bool = False) -> None:

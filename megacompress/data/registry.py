@@ -61,11 +61,10 @@ def register_dataset_kind(name: str, build: Callable, batch_keys: Collection[str
 
 def dataset_kind(name: str) -> DatasetKind:
     """The registered kind ``name``; ``DataConfigError`` listing the registered kinds otherwise."""
-    if name not in _KINDS:
-        plugins.load_methods()
-    if name not in _KINDS:
+    kind = plugins.lookup(_KINDS, name)
+    if kind is None:
         raise DataConfigError(f"data.kind {name!r}: unknown dataset kind; registered kinds: {', '.join(_KINDS)}")
-    return _KINDS[name]
+    return kind
 
 
 class _KindNames(Collection):

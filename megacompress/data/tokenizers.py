@@ -623,8 +623,7 @@ def build_tokenizer(kind: str, model_path: str | None = None) -> Tokenizer:
         if model_path is None:
             raise TokenizerFileError("the hf tokenizer needs a tokenizer.json path or model directory (--tokenizer-model)")
         return HFTokenizer(model_path)
-    if kind not in _KINDS:
-        plugins.load_methods()
-    if kind in _KINDS:
-        return _KINDS[kind](model_path)
+    build = plugins.lookup(_KINDS, kind)
+    if build is not None:
+        return build(model_path)
     raise TokenizerFileError(f"unknown tokenizer {kind!r}; choose one of {', '.join([*TOKENIZER_KINDS, *_KINDS])}")

@@ -37,6 +37,7 @@ import sys
 from dataclasses import dataclass
 
 from megacompress import cli
+from megacompress.launch.common import LaunchError
 from megacompress.models.config import ModelConfig
 from megacompress.models.flops import count_parameters, flops_per_token
 
@@ -135,9 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     table = list(rows(args.models, args.gpus, args.tp, args.zero, args.global_batch, args.micro_batch,
                       args.seq_len, args.bytes, args.bandwidth, args.tp_bandwidth, args.tflops))
     if not table:  # an empty table would read as "nothing to communicate"
-        print(f"error: no layout fits: --global-batch {args.global_batch} must be a multiple of --micro-batch "
-              f"{args.micro_batch} x DP (= GPUs / TP) for some --gpus / --tp", file=sys.stderr)
-        return 2
+        raise LaunchError(f"no layout fits: --global-batch {args.global_batch} must be a multiple of --micro-batch "
+                          f"{args.micro_batch} x DP (= GPUs / TP) for some --gpus / --tp")
     header = (f"{'model':<12}{'params':>8}{'GPUs':>6}{'TP':>4}{'DP':>5}{'ZeRO':>5}{'accum':>6}"
               f"{'DP GB':>9}{'TP GB':>9}{'comm s':>9}{'compute s':>11}")
     print(f"per GPU per optimizer step; global batch {args.global_batch} x {args.seq_len} tokens, micro batch "

@@ -371,13 +371,10 @@ def launch_main(parser: argparse.ArgumentParser, build_command, argv: list[str] 
                 torchrun: bool = False) -> int:
     """``main`` of a command-building launcher: parse, validate and build (a `Launch`), then print and run.
 
-    A config or launch error (a missing shard included) prints ``error: ...`` and returns 2
-    before anything starts. ``torchrun``: the command is torchrun's (see `run_launcher`).
+    A config or launch error (a missing shard included) is a `LaunchError` before anything
+    starts (``cli.run``: one ``error: ...`` line, exit 2). ``torchrun``: the command is
+    torchrun's (see `run_launcher`).
     """
     args = parser.parse_args(argv)
-    try:
-        launch = build_command(args)
-    except LaunchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    launch = build_command(args)
     return print_or_run(launch, args.dry_run, gpus=args.gpus, torchrun=torchrun)

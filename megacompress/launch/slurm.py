@@ -183,11 +183,7 @@ def submit(args: argparse.Namespace) -> list[submitit.Job]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        jobs = submit(args)
-    except LaunchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    jobs = submit(args)
     if not args.wait:
         return 0
     failed = 0

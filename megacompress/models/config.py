@@ -163,11 +163,10 @@ class ModelConfig:
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "ModelConfig":
         """A named preset (see `PRESETS`, `register_preset`), optionally with some fields overridden."""
-        if name not in PRESETS:
-            plugins.load_methods()  # a method's presets
-        if name not in PRESETS:
+        preset = plugins.lookup(PRESETS, name)  # a method's presets too
+        if preset is None:
             raise ConfigError(f"unknown model preset {name!r}; available: {', '.join(sorted(PRESETS))}")
-        return cls.from_dict({**PRESETS[name], **overrides})
+        return cls.from_dict({**preset, **overrides})
 
 
 ROPE_SCALING_TYPES = {  # rope_type -> its keys besides rope_type

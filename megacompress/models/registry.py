@@ -86,19 +86,16 @@ def architecture_names() -> list[str]:
 
 
 def get_architecture(name: str) -> Architecture:
-    if name not in _ARCHITECTURES:
-        plugins.load_methods()
-    if name not in _ARCHITECTURES:
+    arch = plugins.lookup(_ARCHITECTURES, name)
+    if arch is None:
         raise ConfigError(f"unknown model architecture {name!r}; registered: {', '.join(architecture_names())}")
-    return _ARCHITECTURES[name]
+    return arch
 
 
 def config_class(architecture: str) -> type:
     """The config class of ``architecture``; `ModelConfig` for a name that is not registered
     (its validation then names the registered ones)."""
-    if architecture not in _ARCHITECTURES:
-        plugins.load_methods()
-    arch = _ARCHITECTURES.get(architecture)
+    arch = plugins.lookup(_ARCHITECTURES, architecture)
     return ModelConfig if arch is None else arch.config
 
 

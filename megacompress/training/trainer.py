@@ -306,6 +306,18 @@ class Trainer:
         return total.tolist()
 
     # ------------------------------------------------------------------ banner
+    def _weights_origin(self) -> str:
+        """Where the weights came from, for the banner: the resumed checkpoint and how the run began."""
+        m = self.config.model
+        if m.init_from:
+            origin = f"weights from {m.init_from} (model.init_from)"
+        else:
+            overridden = f" with {len(m.overrides)} field(s) overridden" if m.overrides else ""
+            origin = f"a random init of preset {m.preset}{overridden}"
+        if self.resumed_from:
+            return f"weights from {self.resumed_from} (resumed; the run started from {origin})"
+        return origin
+
     def banner(self) -> str:
         c, s = self.config, self.config.schedule
         params = count_parameters(self.model_config)
@@ -317,11 +329,7 @@ class Trainer:
             f"ZeRO stage {self.engine.zero_optimization_stage()}; "
             f"{engine_precision(self.engine)} on {self.engine.device}",
             f"  model {self.model_config.architecture} ({type(self.engine.module).__name__}), {params.total:,} "
-            f"parameters ({params.total / 1e6:.1f} M), " + (f"weights from {self.resumed_from} (resumed; the run "
-                                                            "started from " if self.resumed_from else "")
-            + (f"weights from {c.model.init_from} (model.init_from)" if c.model.init_from else "a random init of "
-               f"preset {c.model.preset}" + (f" with {len(c.model.overrides)} field(s) overridden" * bool(
-                   c.model.overrides))) + (")" if self.resumed_from else ""),
+            f"parameters ({params.total / 1e6:.1f} M), {self._weights_origin()}",
             f"  model config {self.model_config.to_dict()}",
             f"  parameters {params.total:,} ({params.non_embedding:,} non-embedding)",
             f"  batch: global {s.global_batch_size} seqs x {self.seq_length} tokens, micro {s.micro_batch_size}, "

@@ -177,13 +177,12 @@ def run(args: argparse.Namespace) -> str:
 
         return f"wrote {init_gist_model(args.model, args.k, args.out, args.variant)}"
     if args.command == "prepare":
-        from megacompress.methods.gist.data import prepare_instruction_shard
         from megacompress.data.tokenizers import build_tokenizer
+        from megacompress.methods.gist.data import prepare_instruction_shard
+        from megacompress.methods.gist.sources import parse_fields
         from megacompress.models import pretrained
 
         k = pretrained.load_config(args.model).gist_tokens
-        from megacompress.methods.gist.sources import parse_fields
-
         meta = prepare_instruction_shard(args.data, build_tokenizer("hf", args.tokenizer or args.model), k, args.out,
                                          fields=parse_fields(args.fields))
         return f"wrote {args.out}: {json.dumps(meta['instruction'])}"
