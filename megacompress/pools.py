@@ -1,16 +1,22 @@
-"""What every multiprocessing pool worker of the package (preprocessing, compression) does first."""
+"""The one way the package starts worker processes (preprocessing, compression)."""
 
 from __future__ import annotations
 
-import signal
+import multiprocessing
+from collections.abc import Callable
+from multiprocessing.pool import Pool
 
 
-def default_signals() -> None:
-    """Let SIGTERM / SIGUSR2 end this worker again.
+def worker_pool(processes: int, initializer: Callable[..., None], initargs: tuple = ()) -> Pool:
+    """A pool whose workers start clean, forked from a fork server, never from the caller.
 
-    A forked worker inherits the parent's Python signal handlers. The trainer's only sets a
-    flag (`megacompress.training.signals`), so a worker that inherited it while idle ignores
-    ``Pool.terminate()``'s SIGTERM, and the parent waits for it forever.
+    A plain ``fork`` copies the caller as it is: its other threads' held locks (gloo, tqdm's
+    monitor, logging; a worker that touches one never returns and the caller waits forever)
+    and its Python signal handlers (the trainer's only sets a flag, so a worker that inherited
+    it ignored ``Pool.terminate()``). The fork server is a fresh single-threaded interpreter;
+    ``initializer`` builds each worker's state from ``initargs``, which must pickle.
     """
-    for sig in (signal.SIGTERM, signal.SIGUSR2):
-        signal.signal(sig, signal.SIG_DFL)
+    ctx = multiprocessing.get_context("forkserver")
+    # The server imports the initializer's module once; each worker then forks with it loaded.
+    ctx.set_forkserver_preload([initializer.__module__])
+    return ctx.Pool(processes, initializer, initargs)

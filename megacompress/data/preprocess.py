@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
-import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field as dc_field
@@ -53,7 +51,7 @@ from megacompress.data.index_cache import file_records
 from megacompress.data.indexed import DTYPE_CODES, IndexedDatasetWriter, best_dtype, cast_tokens
 from megacompress.data.tokenizers import TOKENIZER_KINDS, build_tokenizer, encode_pieces
 from megacompress.errors import UserError
-from megacompress.pools import default_signals
+from megacompress.pools import worker_pool
 from megacompress.progress import progress
 
 # Record-level reasons to skip a record (for every key); "incomplete": some key was unusable.
@@ -314,14 +312,7 @@ def preprocess(cfg: PreprocessConfig) -> dict:
     _init_worker(*init_args)
     pool = None
     if cfg.workers > 1:
-        # Forked workers inherit the parent's tokenizer and splitter (building the
-        # GPT-2 ranks takes ~0.7 s); spawned ones (macOS) rebuild them.
-        method = "spawn" if sys.platform == "darwin" else "fork"
-        pool = mp.get_context(method).Pool(
-            cfg.workers,
-            initializer=_init_worker if method == "spawn" else default_signals,
-            initargs=init_args if method == "spawn" else (),
-        )
+        pool = worker_pool(cfg.workers, _init_worker, init_args)
 
     stats: Counter = Counter()
     started: list[int] = []

@@ -16,7 +16,6 @@ byte-identical for any worker or partition count.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import time
 from collections import Counter
@@ -30,7 +29,7 @@ from megacompress.methods.equal_info.shards import BitstreamShardWriter, read_me
 from megacompress.data import readers
 from megacompress.data.indexed import bin_path, idx_path
 from megacompress.data.preprocess import shard_prefix
-from megacompress.pools import default_signals
+from megacompress.pools import worker_pool
 from megacompress.progress import progress
 
 BATCH_DOCUMENTS = 64  # documents handed to the codec at once (its rows stay busy)
@@ -102,11 +101,6 @@ def _init_worker(codec_config: CodecConfig, m1_dir: str | None) -> None:
     _WORKER.update(codec=build_codec(codec_config, m1), config=codec_config, m1=m1)
 
 
-def _init_pool_worker(codec_config: CodecConfig, m1_dir: str | None) -> None:
-    default_signals()
-    _init_worker(codec_config, m1_dir)
-
-
 def _part_prefix(prefix: str, part: int) -> str:
     return f"{prefix}.part{part:05d}"
 
@@ -171,7 +165,7 @@ def compress(cfg: CompressConfig) -> dict:
     bar = progress(total=total_bytes, initial=done_bytes, desc=f"compress {cfg.scheme}", unit="B", unit_scale=True)
     with bar:
         if cfg.workers > 1 and len(jobs) > 1:
-            with multiprocessing.get_context("fork").Pool(cfg.workers, _init_pool_worker, (config, cfg.m1)) as pool:
+            with worker_pool(cfg.workers, _init_worker, (config, cfg.m1)) as pool:
                 for _, _, nbytes in pool.imap_unordered(_compress_partition, jobs):
                     bar.update(nbytes)
         elif jobs:
