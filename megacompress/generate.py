@@ -8,7 +8,8 @@ cache, a method's model with the generator its package registers (`megacompress.
 a sentence-level model gets its prompt split into sentences as in training). ``--mode slow``
 reruns the full model on the whole sequence for every token (any architecture); greedy
 fast and slow print the same text.
-Several ``--prompt`` flags are generated as one left-padded batch. With tensor
+One ``--prompt`` is printed as it is generated; several are generated as one left-padded
+batch and printed at the end. With tensor
 parallelism run it under ``torchrun --nproc-per-node TP -m megacompress.generate
 --tensor-parallel-size TP ...``: every rank samples the same tokens, rank 0 prints.
 """
@@ -22,8 +23,9 @@ import torch
 from megacompress import cli
 from megacompress.data.tokenizers import (TOKENIZER_KINDS, TokenizerMismatch, build_tokenizer, check_model_tokenizer,
                                           model_tokenizer)
-from megacompress.generation.fast import add_generator_arguments, generator
+from megacompress.generation.fast import add_generator_arguments, generator, prepare_tokenizer
 from megacompress.generation.sampling import SamplingConfig
+from megacompress.generation.stream import TextStream
 from megacompress.generation.uncached import generate_uncached
 from megacompress.models.registry import load_pretrained
 from megacompress.parallel import state
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         check_model_tokenizer(args.model, tokenizer)
     else:
         tokenizer = model_tokenizer(args.model)
+    tokenizer = prepare_tokenizer(tokenizer, args)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise TokenizerMismatch(f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens but the model in "
                                 f"{args.model} only {model.config.vocab_size}")
@@ -71,12 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     spec = generator(model.config.architecture)
     prompts, extra = spec.encode(tokenizer, args.prompt, args)
     eos_id = extra.get("eos_id")
+    streams = [TextStream(tokenizer, skip={eos_id}) for _ in args.prompt]  # sentence ends are not text
+    if state.get_rank() == 0 and len(args.prompt) == 1:  # one prompt: its text as it arrives
+        print(f"=== prompt: {args.prompt[0]!r}\n{args.prompt[0]}", end="", flush=True)
+        options["on_tokens"] = lambda tokens: streams[0].update(tokens[0])
     with torch.inference_mode():
         run = generate_uncached if args.mode == "slow" else spec.generate
         out = run(model, prompts, args.max_new_tokens, **options, **extra)
     if state.get_rank() == 0:
-        for text, tokens in zip(args.prompt, out.tokens):  # sentence ends are not text
-            print(f"=== prompt: {text!r}\n{text}{tokenizer.decode([t for t in tokens if t != eos_id])}")
+        for text, tokens, stream in zip(args.prompt, out.tokens, streams):
+            if len(args.prompt) > 1:
+                print(f"=== prompt: {text!r}\n{text}", end="")
+            stream.close(tokens)
     state.destroy()
     return 0
 

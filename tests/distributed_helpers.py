@@ -93,3 +93,15 @@ def as_command(main, argv: list[str]):
     from megacompress import cli
 
     raise SystemExit(cli.run(main, argv))
+
+
+def assert_same_shards(prefix, reference, extensions) -> None:
+    """The ``{prefix}_text_document{ext}`` files equal the one-process ``reference``'s byte for byte,
+    and no partition file is left beside them."""
+    from pathlib import Path
+
+    for ext in extensions:
+        ours, theirs = Path(f"{prefix}_text_document{ext}"), Path(f"{reference}_text_document{ext}")
+        assert ours.read_bytes() == theirs.read_bytes(), f"{ours} differs from the one-process {theirs}"
+    leftovers = [p.name for p in Path(prefix).parent.iterdir() if ".part" in p.name]
+    assert not leftovers, f"partition files left: {leftovers}"

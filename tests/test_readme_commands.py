@@ -24,7 +24,8 @@ TRAIN_OVERRIDES = ["--set", "schedule.train_steps=4", "--set", "eval.iters=1", "
 # Not cheap or not self-contained: GPU / cluster / ../shared data / the optional SmolLM2 file,
 # benchmarks, and Equal-Info compression with a paper-size M1 (minutes of CPU per MB).
 SKIP_WORDS = ("make ", "slurm", "hostfile", "--gpus", "benchmarks/", "pip install", "launchers/", "sbatch",
-              "../shared", "GGUF", "gist", "configs/m1.yaml", "_corpus.py", "runs/m2", "runs/eq")
+              "../shared", "GGUF", "gist", "configs/m1.yaml", "_corpus.py", "runs/m1", "runs/m2", "runs/eq",
+              "m2_equal_info")  # the gist and Equal-Info pipelines: test_readme_gist.py, test_readme_equal_info.py
 LINKED = ("data", "configs", "ds_configs", "tools", "megacompress", "examples", "launchers", ".venv")
 
 

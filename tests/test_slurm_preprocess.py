@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from distributed_helpers import REPO_ROOT
+from distributed_helpers import REPO_ROOT, assert_same_shards
 from launch_fixtures import job_field
 
 SHARD_FILES = (".bin", ".idx", ".eos.bin", ".eos.idx", ".meta.json", ".sentences.json")
@@ -42,14 +42,6 @@ def submit(env: dict[str, str], *args: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def assert_same_shards(prefix: Path, reference: Path) -> None:
-    for ext in SHARD_FILES:
-        ours, theirs = Path(f"{prefix}_text_document{ext}"), Path(f"{reference}_text_document{ext}")
-        assert ours.read_bytes() == theirs.read_bytes(), f"{ours} differs from the one-process {theirs}"
-    leftovers = [p.name for p in prefix.parent.iterdir() if ".part" in p.name]
-    assert not leftovers, f"partition files left: {leftovers}"
-
-
 @pytest.mark.slurm
 def test_array_of_partitions_then_merge_is_byte_identical(slurm_cluster_2n, corpus, tmp_path):
     prefix = tmp_path / "x"
@@ -57,7 +49,7 @@ def test_array_of_partitions_then_merge_is_byte_identical(slurm_cluster_2n, corp
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, f"{out}\n{err}"
     assert "submitted partitions [0, 1] of 2" in out and "merged 2 partition(s)" in out, out
-    assert_same_shards(prefix, corpus[1])
+    assert_same_shards(prefix, corpus[1], SHARD_FILES)
 
 
 @pytest.mark.slurm
@@ -81,4 +73,4 @@ def test_failed_array_task_cancels_merge_and_reruns_alone(slurm_cluster_2n, corp
     again = subprocess.run(rerun, env=slurm_cluster_2n, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, f"{again.stdout}\n{again.stderr}"
     assert "submitted partitions [1] of 2" in again.stdout, again.stdout
-    assert_same_shards(prefix, corpus[1])
+    assert_same_shards(prefix, corpus[1], SHARD_FILES)

@@ -54,6 +54,7 @@ TOKENIZER_CONFIG = "tokenizer_config.json"
 
 _SPECIALS: dict[str, str] = {"eos": EOS_TEXT}  # role -> text, in id order after eod (the layout)
 _KINDS: dict[str, "Callable[[str | None], Tokenizer]"] = {}  # tokenizer kinds that methods add
+_RECORD_FILES: dict[str, str] = {}  # method kinds a model directory can record: kind -> file name
 
 
 def register_special(role: str, text: str) -> None:
@@ -74,11 +75,18 @@ def special_names() -> tuple[str, ...]:
     return (*CORE_ROLES[:1], *special_texts(), *CORE_ROLES[1:])
 
 
-def register_tokenizer_kind(name: str, build: "Callable[[str | None], Tokenizer]") -> None:
-    """A tokenizer kind of a method (``build(model_path)``), for ``tokenizer.kind`` in configs and records."""
+def register_tokenizer_kind(name: str, build: "Callable[[str | None], Tokenizer]", *,
+                            record_file: str | None = None) -> None:
+    """A tokenizer kind of a method (``build(model_path)``), for ``tokenizer.kind`` in configs.
+
+    ``record_file``: the name under which an export copies the tokenizer's ``model_path`` file
+    into a model directory (`save_tokenizer`), so that the model directory carries it; without
+    one the kind cannot be recorded."""
     if name in TOKENIZER_KINDS or _KINDS.get(name, build) is not build:
         raise ValueError(f"tokenizer kind {name!r} is already registered")
     _KINDS[name] = build
+    if record_file is not None:
+        _RECORD_FILES[name] = record_file
 
 
 @runtime_checkable
@@ -480,7 +488,18 @@ class TokenizerFileError(UserError, ValueError):
 # Hugging Face tokenizer.json itself is copied beside it.
 TOKENIZER_RECORD = "tokenizer_info.json"
 SENTENCEPIECE_FILE = "tokenizer.model"
-RECORDED_KINDS = ("gpt2", "bytes", "sentencepiece", "hf")
+RECORDED_KINDS = ("gpt2", "bytes", "sentencepiece", "hf")  # and the method kinds with a record file
+
+
+def _record_file(kind: str) -> str | None:
+    """The file a model directory holds for a recorded tokenizer of ``kind`` (None: needs none)."""
+    plugins.load_methods()
+    files = {"sentencepiece": SENTENCEPIECE_FILE, "hf": TOKENIZER_JSON, **_RECORD_FILES}
+    return files.get(kind)
+
+
+def _recordable(kind) -> bool:
+    return isinstance(kind, str) and (kind in RECORDED_KINDS or kind in _RECORD_FILES)
 
 
 def save_tokenizer(tokenizer: Tokenizer, model_dir: str) -> None:
@@ -490,11 +509,10 @@ def save_tokenizer(tokenizer: Tokenizer, model_dir: str) -> None:
 
     from megacompress.atomic import atomic_write, write_text_atomic
 
-    if tokenizer.name not in RECORDED_KINDS:
+    if not _recordable(tokenizer.name):
         raise ValueError(f"a {tokenizer.name} tokenizer cannot be recorded in a model directory")
-    model_file = None
-    if tokenizer.name in ("sentencepiece", "hf"):
-        model_file = SENTENCEPIECE_FILE if tokenizer.name == "sentencepiece" else TOKENIZER_JSON
+    model_file = _record_file(tokenizer.name)
+    if model_file is not None:
         sources = [(tokenizer.model_path, model_file)]
         config = os.path.join(os.path.dirname(tokenizer.model_path), TOKENIZER_CONFIG)
         if tokenizer.name == "hf" and os.path.isfile(config):
@@ -521,14 +539,14 @@ def read_tokenizer_record(model_dir: str) -> dict | None:
             record = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise IntegrityError(f"{path}: not valid JSON ({exc})") from None
-    if (not isinstance(record, dict) or record.get("kind") not in RECORDED_KINDS
-            or not isinstance(record.get("fingerprint"), str)):
-        raise IntegrityError(f"{path}: not a tokenizer record (needs \"kind\" one of {', '.join(RECORDED_KINDS)} "
-                             "and a \"fingerprint\" string)")
+    if not isinstance(record, dict) or not _recordable(record.get("kind")) or not isinstance(record.get("fingerprint"), str):
+        kinds = ", ".join([*RECORDED_KINDS, *_RECORD_FILES])
+        raise IntegrityError(f"{path}: not a tokenizer record (needs \"kind\" one of {kinds} and a \"fingerprint\" "
+                             "string)")
     model_file = record.get("model_file")
     if model_file is not None:
         record["model_file"] = str(resolve_inside(model_dir, model_file, source=path))
-    elif record["kind"] in ("sentencepiece", "hf"):
+    elif _record_file(record["kind"]) is not None:
         raise IntegrityError(f"{path}: a {record['kind']} tokenizer record names no model_file")
     return record
 

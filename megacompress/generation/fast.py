@@ -12,6 +12,13 @@ adds the method's own ``generate`` flags (in its own argument group); ``encode_p
 texts, args) -> (prompts, options)`` turns the prompt texts into token ids the way the model
 was trained on them and returns extra keyword options for both the fast and the slow mode
 (e.g. ``eos_id``, whose tokens the CLI leaves out of the printed text).
+
+A method's tokenizer kind whose ``encode`` / ``decode`` need more than the model directory's
+record (a bitstream tokenizer needs its M1) registers what readies it::
+
+    register_tokenizer_setup("mykind", add_arguments=add_flags, prepare=load_what_it_needs)
+
+``prepare(tokenizer, args) -> tokenizer`` runs after the tokenizer is read from ``--model``.
 """
 
 from __future__ import annotations
@@ -58,8 +65,29 @@ def fast_generator(architecture: str) -> Callable:
 
 
 def add_generator_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every registered generator's own flags (``megacompress generate --help`` lists them all)."""
+    """Every registered generator's and tokenizer setup's own flags (``megacompress generate --help``
+    lists them all)."""
     plugins.load_methods()
-    for spec in _GENERATORS.values():
+    for spec in [*_GENERATORS.values(), *_TOKENIZER_SETUPS.values()]:
         if spec.add_arguments is not None:
             spec.add_arguments(parser)
+
+
+@dataclass(frozen=True)
+class TokenizerSetup:
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None
+    prepare: Callable
+
+
+_TOKENIZER_SETUPS: dict[str, TokenizerSetup] = {}
+
+
+def register_tokenizer_setup(kind: str, *, prepare: Callable, add_arguments: Callable | None = None) -> None:
+    _TOKENIZER_SETUPS[kind] = TokenizerSetup(add_arguments, prepare)
+
+
+def prepare_tokenizer(tokenizer, args: argparse.Namespace):
+    """``tokenizer`` readied for ``generate`` by its kind's registered setup (itself if none)."""
+    plugins.load_methods()
+    setup = _TOKENIZER_SETUPS.get(tokenizer.name)
+    return tokenizer if setup is None else setup.prepare(tokenizer, args)

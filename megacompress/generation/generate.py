@@ -92,7 +92,8 @@ def check_lengths(config, prompts: list[list[int]], max_new_tokens: int, offsets
 def decode_loop(logits: torch.Tensor, step: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor],
                 max_new_tokens: int, vocab_size: int, *, sampling: SamplingConfig | None = None,
                 eod_id: int | None = None, return_logits: bool = False, show_progress: bool = False,
-                forced_tokens: torch.Tensor | None = None) -> GenerationOutput:
+                forced_tokens: torch.Tensor | None = None,
+                on_tokens: Callable[[list[list[int]]], None] | None = None) -> GenerationOutput:
     """Sample, feed back, repeat: the loop every generation algorithm shares.
 
     ``logits`` [B, Vp/tp]: the (vocab-sharded) next-token logits after the prompt;
@@ -100,7 +101,8 @@ def decode_loop(logits: torch.Tensor, step: Callable[[torch.Tensor, int, torch.T
     the next logits [B, Vp/tp]. Rows that produced ``eod_id`` are ``finished``: they are
     fed ``eod_id`` and their outputs are ignored. ``forced_tokens`` [B, max_new_tokens]:
     tokens to emit instead of sampled ones (benchmarks: real text's sentence lengths under
-    random weights).
+    random weights). ``on_tokens(tokens)``: called after every step with each row's tokens so
+    far (streaming output, `megacompress.generation.stream`).
     """
     sampling = sampling or SamplingConfig()
     generator = torch.Generator(device=logits.device).manual_seed(sampling.seed)
@@ -116,6 +118,8 @@ def decode_loop(logits: torch.Tensor, step: Callable[[torch.Tensor, int, torch.T
             token = token.masked_fill(finished, eod_id)
         for row in (~finished).nonzero().flatten().tolist():
             out.tokens[row].append(int(token[row]))
+        if on_tokens is not None:
+            on_tokens(out.tokens)
         now = time.perf_counter()
         if index:
             out.step_seconds.append(now - emitted)
@@ -132,7 +136,8 @@ def decode_loop(logits: torch.Tensor, step: Callable[[torch.Tensor, int, torch.T
 def generate(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, *,
              sampling: SamplingConfig | None = None, eod_id: int | None = None,
              return_logits: bool = False, show_progress: bool = False,
-             forced_tokens: torch.Tensor | None = None) -> GenerationOutput:
+             forced_tokens: torch.Tensor | None = None,
+             on_tokens: Callable[[list[list[int]]], None] | None = None) -> GenerationOutput:
     """Continue each prompt by up to ``max_new_tokens`` tokens (greedy by default)."""
     config = model.config
     check_lengths(config, prompts, max_new_tokens)
@@ -150,6 +155,7 @@ def generate(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, *,
     logits = model(input_ids.to(device), position_ids.to(device), document_ids.to(device), kv_cache=cache,
                    logits_index=last).logits
     out = decode_loop(logits[:, -1], step, max_new_tokens, config.vocab_size, sampling=sampling, eod_id=eod_id,
-                      return_logits=return_logits, show_progress=show_progress, forced_tokens=forced_tokens)
+                      return_logits=return_logits, show_progress=show_progress, forced_tokens=forced_tokens,
+                      on_tokens=on_tokens)
     out.kv_cache_bytes = cache.nbytes()
     return out

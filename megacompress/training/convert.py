@@ -227,7 +227,7 @@ def _save_run_tokenizer(section: dict, out_dir: Path) -> None:
 
     try:
         save_tokenizer(build_tokenizer(section.get("kind", "gpt2"), section.get("model_path") or None), str(out_dir))
-    except (OSError, ValueError) as exc:  # a SentencePiece model moved since training; a bitstream tokenizer
+    except (OSError, ValueError) as exc:  # a SentencePiece model or bitstream meta.json moved since training
         print(f"warning: the run's tokenizer is not recorded in {out_dir}: {exc}", file=sys.stderr)
 
 

@@ -11,6 +11,13 @@ once), committed by its ``meta.json`` (written last, atomically). A rerun skips 
 partitions made with the same codec and M1, then merges all partitions in input order into
 ``PREFIX`` and removes them. Documents are coded independently, so the output is
 byte-identical for any worker or partition count.
+
+On several machines (``tools/compress_slurm.py``: a SLURM job array), task I runs the same
+flags with ``--partition-index I`` (compresses and commits partition I only, or finds it
+committed) and one last job with ``--merge`` (merges; refuses, naming them, while any
+partition is not committed). The partitions are planned from the input files alone, so
+every task cuts the same ranges (an input too small for N partitions has fewer; a task
+whose partition does not exist has nothing to do).
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ class CompressConfig:
     workers: int = 1
     partitions: int = 8
     chunk_bytes: int = 1 << 18
+    partition_index: int | None = None  # compress this partition only (an array task); no merge
+    merge: bool = False  # merge the committed partitions only
 
 
 def record_documents(kind: str, payload, keys: list[str]) -> tuple[str | None, dict[str, bytes] | None]:
@@ -155,12 +164,22 @@ def compress(cfg: CompressConfig) -> dict:
     partitions = readers.plan_partitions(files, cfg.partitions)
     jobs, done_bytes = [], 0
     for p, segments in enumerate(partitions):
+        if cfg.partition_index is not None and p != cfg.partition_index:
+            continue
         prefixes = {k: _part_prefix(v, p) for k, v in finals.items()}
         if all(_committed(pre, config, hash_) for pre in prefixes.values()):
             done_bytes += sum(s.end - s.start for s in segments)  # resumed: committed earlier
         else:
             jobs.append((p, segments, prefixes, cfg.json_keys, cfg.chunk_bytes))
-    total_bytes = sum(os.path.getsize(f) for f in files)
+    if cfg.merge and jobs:
+        raise CodecError(f"--merge: partitions {[j[0] for j in jobs]} of {len(partitions)} are not compressed "
+                         f"(no committed {_part_prefix(next(iter(finals.values())), jobs[0][0])}.meta.json with "
+                         "this codec and M1); run them with --partition-index first")
+    if cfg.partition_index is None:
+        total_bytes = sum(os.path.getsize(f) for f in files)
+    else:
+        total_bytes = sum(s.end - s.start for s in (partitions[cfg.partition_index]
+                                                    if cfg.partition_index < len(partitions) else []))
     start = time.perf_counter()
     bar = progress(total=total_bytes, initial=done_bytes, desc=f"compress {cfg.scheme}", unit="B", unit_scale=True)
     with bar:
@@ -175,6 +194,9 @@ def compress(cfg: CompressConfig) -> dict:
     seconds = time.perf_counter() - start
     summary = {"scheme": cfg.scheme, "codec": {k: v for k, v in config.to_dict().items() if k != "static_counts"},
                "resumed_partitions": len(partitions) - len(jobs), "partitions": len(partitions), "keys": {}}
+    if cfg.partition_index is not None:  # one partition of several: the --merge job writes the shards
+        return {**summary, "partition_index": cfg.partition_index, "seconds": seconds, "bytes_in": total_bytes,
+                "compressed": bool(jobs), "resumed_partitions": int(not jobs and cfg.partition_index < len(partitions))}
     for key, final in finals.items():
         parts = [_part_prefix(final, p) for p in range(len(partitions))]
         skipped: Counter = Counter()
@@ -198,6 +220,13 @@ def compress(cfg: CompressConfig) -> dict:
 
 def format_summary(s: dict) -> str:
     rate = s["bytes_in"] / max(s["seconds"], 1e-9)
+    if "partition_index" in s:
+        i, n = s["partition_index"], s["partitions"]
+        if i >= n:
+            return f"partition {i}: the input makes only {n} partition(s); nothing to do"
+        done = (f"compressed {s['bytes_in']:,} input bytes in {s['seconds']:.2f} s ({rate / 1e3:,.1f} kB/s)"
+                if s["compressed"] else "already committed (resumed)")
+        return f"partition {i} of {n}: {done}; run --merge after every partition"
     lines = [f"[{k}] {v['documents']} documents -> {v['prefix']}; windows {v['windows']}, undecodable windows "
              f"{v['undecodable_windows']} ({v['undecodable_documents']} documents)" for k, v in s["keys"].items()]
     lines.append(f"done: {s['bytes_in']:,} bytes in, {s['tokens_out']:,} tokens out, "
@@ -221,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json-keys", nargs="+", default=["text"], help="fields to compress (default text)")
     p.add_argument("--workers", type=int, default=1, help="processes (each loads M1 once)")
     p.add_argument("--partitions", type=int, default=8, help="resumable units of work (default 8)")
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--partition-index", type=int, default=None, metavar="I",
+                       help="compress partition I of --partitions only, no merge (a SLURM array task: "
+                            "tools/compress_slurm.py)")
+    split.add_argument("--merge", action="store_true",
+                       help="merge the partitions the --partition-index runs committed into the shards")
     return p
 
 
@@ -228,7 +263,10 @@ def main(argv: list[str] | None = None) -> dict:
     a = build_parser().parse_args(argv)
     cfg = CompressConfig(inputs=a.input, output_prefix=a.output_prefix, scheme=a.scheme, m1=a.m1,
                          window_bits=a.window_bits, vocab=a.vocab, rule=a.rule, max_window_bytes=a.max_window_bytes,
-                         json_keys=a.json_keys, workers=a.workers, partitions=a.partitions)
+                         json_keys=a.json_keys, workers=a.workers, partitions=a.partitions,
+                         partition_index=a.partition_index, merge=a.merge)
+    if a.partition_index is not None and not 0 <= a.partition_index < a.partitions:
+        raise CodecError(f"--partition-index {a.partition_index} is not in [0, --partitions {a.partitions})")
     summary = compress(cfg)
     print(format_summary(summary), flush=True)
     return summary

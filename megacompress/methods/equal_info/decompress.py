@@ -1,7 +1,9 @@
 """``tools/decompress_corpus.py``: a bitstream shard -> the exact original documents (JSON lines).
 
 Every document is decoded, checked against its recorded byte length and crc32, and
-written as ``{KEY: text}`` (KEY: the shard's json key) to ``--output``, atomically: on any
+written as ``{KEY: text}`` (KEY: the shard's json key) to ``--output``; an ``--output``
+ending in ``.txt`` gets plain text instead, each document followed by a newline (JSON lines
+keep document boundaries exactly; plain text is for reading). Written atomically: on any
 error (another M1, a corrupt or truncated stream) nothing is written and the command exits
 non-zero naming the shard file and the document.
 """
@@ -30,6 +32,7 @@ def decompress(input_prefix: str, output: str, m1_dir: str | None) -> dict:
     codec = build_codec(config, m1)
     n = len(document_info(input_prefix))
     key = meta.get("json_key", "text")
+    plain = output.endswith(".txt")
     start = time.perf_counter()
     total = 0
 
@@ -40,7 +43,8 @@ def decompress(input_prefix: str, output: str, m1_dir: str | None) -> dict:
                 docs = read_documents(input_prefix, codec, None if m1 is None else m1.hash, first,
                                       min(n, first + BLOCK_DOCUMENTS))
                 for data in docs:
-                    f.write(json.dumps({key: data.decode("utf-8")}, ensure_ascii=False) + "\n")
+                    text = data.decode("utf-8")
+                    f.write(text + "\n" if plain else json.dumps({key: text}, ensure_ascii=False) + "\n")
                     total += len(data)
                 bar.update(len(docs))
 
@@ -52,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = cli.parser("megacompress.methods.equal_info.decompress", __doc__.split("\n")[0], script="tools/decompress_corpus.py")
     p.add_argument("--m1", help="the exported M1 the shard was made with (equal_info and ac)")
     p.add_argument("--input-prefix", required=True, help="a shard prefix (OUTPUT_PREFIX_{key}_document)")
-    p.add_argument("--output", required=True, help="JSON-lines file to write")
+    p.add_argument("--output", required=True, help="JSON-lines file to write (plain text if it ends in .txt)")
     a = p.parse_args(argv)
     s = decompress(a.input_prefix, a.output, a.m1)
     print(f"done: {s['documents']} documents, {s['bytes']:,} bytes in {s['seconds']:.2f} s "
