@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 from megacompress.atomic import atomic_write, write_text_atomic  # noqa: E402
 from megacompress.methods.equal_info import arithmetic as ac  # noqa: E402
 from megacompress.methods.equal_info.codec import CodecConfig, build_codec  # noqa: E402
-from megacompress.methods.equal_info.m1 import M1  # noqa: E402
+from megacompress.methods.equal_info.m1 import M1, M1Error  # noqa: E402
 from megacompress.methods.equal_info.plain_ac import teacher_forced_cdfs  # noqa: E402
 from megacompress.progress import progress  # noqa: E402
 
@@ -213,7 +213,14 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.quick:
         args.documents, args.doc_bytes = 12, 1500
-    report = run(args)
+    if not args.random_m1 and not (Path(args.m1) / "model.safetensors").is_file():
+        raise SystemExit(f"error: no exported M1 in {args.m1}: make one (README, \"Equal-Info Windows\": train "
+                         "configs/m1.yaml, then megacompress convert export), pass --m1 DIR, or --random-m1 for a "
+                         "smoke run")
+    try:
+        report = run(args)
+    except M1Error as exc:
+        raise SystemExit(f"error: {exc}") from None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
     plot(report, args.out.with_suffix(".png"))
