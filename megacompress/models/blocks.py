@@ -93,6 +93,9 @@ class Attention(nn.Module):
                                         init_seed=seed, seed_offset=f"{prefix}.qkv")
         self.out = RowParallelLinear(config.num_heads * self.head_dim, config.hidden_size,
                                      init_std=_output_std(config), init_seed=seed, seed_offset=f"{prefix}.out")
+        # The attention core (q, k, v, mask) -> y as one replaceable call: selective activation
+        # recompute wraps it from outside (`megacompress.training.recompute`).
+        self.core = dispatch.attend
 
     def forward(self, x: torch.Tensor, rope: Rope, mask: dispatch.PreparedMask,
                 kv_cache: LayerKVCache | None = None) -> torch.Tensor:
@@ -106,7 +109,7 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)
-        y = dispatch.attend(q, k, v, mask)  # [B, Hq_local, S, D]
+        y = self.core(q, k, v, mask)  # [B, Hq_local, S, D]
         return self.out(y.transpose(1, 2).reshape(b, s, self.num_heads_local * self.head_dim))
 
 

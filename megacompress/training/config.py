@@ -104,12 +104,15 @@ class ScheduleSection:
 @dataclass
 class ParallelSection:
     """``ds_config`` is a JSON template from ``ds_configs/`` (default: ``zero{zero_stage}.json``);
-    ``precision`` ``auto`` = bf16 on GPU, fp32 on CPU."""
+    ``precision`` ``auto`` = bf16 on GPU, fp32 on CPU; ``recompute``: activation recompute,
+    ``none`` | ``full`` (every block) | ``selective`` (the attention core), see
+    `megacompress.training.recompute`."""
 
     tensor_parallel_size: int = 1
     zero_stage: int = 2
     ds_config: str = ""
     precision: str = "auto"
+    recompute: str = "none"
 
 
 @dataclass
@@ -207,6 +210,8 @@ class TrainConfig:
             (o.clip_grad >= 0, "optimizer.clip_grad must be >= 0 (0 = no clipping)"),
             (self.parallel.zero_stage in (0, 1, 2, 3), "parallel.zero_stage must be 0, 1, 2 or 3"),
             (self.parallel.precision in ("auto", "fp32", "bf16"), "parallel.precision must be auto, fp32 or bf16"),
+            (self.parallel.recompute in ("none", "full", "selective"),
+             "parallel.recompute must be none, full or selective"),
             (self.data.kind in DATASET_KINDS, f"data.kind must be one of {DATASET_KINDS}"),
             (self.eval.iters >= 1, "eval.iters must be >= 1"),
             (self.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1"),

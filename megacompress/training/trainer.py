@@ -58,6 +58,7 @@ from megacompress.training.metrics import MetricsLogger, memory_stats, peak_flop
 from megacompress.training.rng import get_rng_state, seed_everything, set_rng_state
 from megacompress.training.run_lock import RunDirBusy, RunLock
 from megacompress.training.schedules import BatchSizeRamp, WarmupDecayLR
+from megacompress.training.recompute import apply_recompute
 from megacompress.training.signals import StopSignal
 
 @dataclass
@@ -128,6 +129,7 @@ class Trainer:
         model = build_model(self.model_config, seed=config.seed)
         if config.model.init_from:  # fine-tuning; a resumed run then loads its checkpoint over it
             load_weights(model, config.model.init_from)
+        apply_recompute(model, config.parallel.recompute)
         opt = config.optimizer
         optimizer = torch.optim.AdamW(parameter_groups(model, opt.weight_decay), lr=opt.lr,
                                       betas=(opt.beta1, opt.beta2), eps=opt.eps)
