@@ -66,7 +66,18 @@ def test_log_window_loss_is_the_token_weighted_mean_of_its_steps():
         window.add({"loss": loss, "labelled_tokens": labelled, "global_batch_size": 2}, 16)
     line = window.flush({"loss": 4.0, "step": 2}, flops_per_token=1.0, peak=None, world=1)
     assert line["loss"] == pytest.approx(3.5) and line["step_loss"] == 4.0 and line["log_interval_steps"] == 2
-    assert line["tokens_per_s"] > 0 and window.steps == 0
+    assert line["tokens_per_s"] > 0 and window.steps == 0 and "mfu" not in line
+
+
+def test_log_window_reports_per_device_throughput_and_mfu_against_a_given_peak():
+    window = LogWindow()
+    window.add({"loss": 1.0, "labelled_tokens": 8, "global_batch_size": 4}, 16)
+    line = window.flush({"loss": 1.0, "step": 1}, flops_per_token=3e9, peak=100e12, world=4)
+    assert line["tokens_per_s_per_device"] == pytest.approx(line["tokens_per_s"] / 4)
+    assert line["model_tflops_per_device"] == pytest.approx(3e9 * line["tokens_per_s"] / 4 / 1e12)
+    assert line["mfu"] == pytest.approx(line["model_tflops_per_device"] / 100)
+    text = log_line({**line, "lr": 1e-3, "grad_norm": 1.0, "step_time_s": 0.1, "padding_fraction": 0.0}, 10)
+    assert "tokens/s/device" in text and "TFLOP/s/device" in text and "MFU " in text
 
 
 def test_log_line_says_the_loss_is_a_mean_over_the_interval():

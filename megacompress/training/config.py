@@ -113,6 +113,7 @@ class ParallelSection:
     ds_config: str = ""
     precision: str = "auto"
     recompute: str = "none"
+    peak_tflops: float = 0.0  # per device, for MFU; 0: the device table (H100/H200/A100 bf16, ...); CPU: none
 
 
 @dataclass
@@ -210,6 +211,7 @@ class TrainConfig:
             (o.clip_grad >= 0, "optimizer.clip_grad must be >= 0 (0 = no clipping)"),
             (self.parallel.zero_stage in (0, 1, 2, 3), "parallel.zero_stage must be 0, 1, 2 or 3"),
             (self.parallel.precision in ("auto", "fp32", "bf16"), "parallel.precision must be auto, fp32 or bf16"),
+            (self.parallel.peak_tflops >= 0, "parallel.peak_tflops must be >= 0 (0: from the device table)"),
             (self.parallel.recompute in ("none", "full", "selective"),
              "parallel.recompute must be none, full or selective"),
             (self.data.kind in DATASET_KINDS, f"data.kind must be one of {DATASET_KINDS}"),

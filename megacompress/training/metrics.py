@@ -38,7 +38,8 @@ from megacompress.atomic import write_text_atomic
 from megacompress.training.config import TrainConfigError
 from megacompress.training.log_setup import stamp
 
-# Dense bf16 peak FLOP/s per device, by name substring (for the MFU estimate only).
+# Dense bf16 peak FLOP/s per device, by name substring (for the MFU estimate only; another device:
+# `parallel.peak_tflops`).
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40": 181e12, "A10": 125e12, "V100": 125e12}
 
 

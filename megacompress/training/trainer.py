@@ -161,7 +161,7 @@ class Trainer:
         self.metrics = MetricsLogger(config.run_dir, enabled=self.is_main, tensorboard=config.logging.tensorboard)
         self.metrics.write_config(config.to_dict())
         self.flops_per_token = flops_per_token(self.model_config, self.seq_length)
-        self.peak_flops = peak_flops()
+        self.peak_flops = config.parallel.peak_tflops * 1e12 or peak_flops()
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ setup
@@ -501,10 +501,14 @@ class LogWindow:
     def flush(self, record: dict[str, Any], flops_per_token: float, peak: float | None, world: int) -> dict:
         """The metrics line for ``record`` (the window's last step); starts a new window."""
         elapsed = time.perf_counter() - self.start
+        tokens_per_s = self.positions / elapsed
         line = {**record, "step_loss": record["loss"], "loss": self.loss_sum / max(self.labelled, 1),
-                "log_interval_steps": self.steps, "tokens_per_s": self.positions / elapsed, **memory_stats()}
+                "log_interval_steps": self.steps, "tokens_per_s": tokens_per_s,
+                "tokens_per_s_per_device": tokens_per_s / world,
+                # Model FLOPs (6N + attention per token, `models.flops`): recompute's extra forward not counted.
+                "model_tflops_per_device": flops_per_token * tokens_per_s / world / 1e12, **memory_stats()}
         if peak:
-            line["mfu"] = flops_per_token * line["tokens_per_s"] / (peak * world)
+            line["mfu"] = flops_per_token * tokens_per_s / (peak * world)
         self.__init__()
         return line
 
@@ -517,6 +521,9 @@ def log_line(record: dict[str, Any], train_steps: int) -> str:
     if record.get("grad_norm") is not None:
         parts.append(f"grad_norm {record['grad_norm']:.3f}")
     parts.append(f"{record['tokens_per_s']:,.0f} tokens/s")
+    if "model_tflops_per_device" in record:
+        parts.append(f"{record['tokens_per_s_per_device']:,.0f} tokens/s/device, "
+                     f"{record['model_tflops_per_device']:.3g} TFLOP/s/device")
     if "mfu" in record:
         parts.append(f"MFU {100 * record['mfu']:.1f}%")
     parts += [f"{record['step_time_s']:.2f} s/step", f"padding {100 * record['padding_fraction']:.1f}%"]
