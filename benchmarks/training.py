@@ -1,7 +1,8 @@
 """Training throughput and memory: DeepSpeed ZeRO-0..3 at 1 and 2 processes vs a plain PyTorch loop.
 
-For each model (``tiny``; ``baseline-12`` at a short sequence / micro batch 1 so it fits a
-2-core CPU) this measures, on synthetic token batches:
+For each case (``tiny``; ``baseline-12`` at a short sequence / micro batch 1; ``baseline-12-2k``
+at 4 x 512 = 2,048 tokens per micro batch, a realistic size) this measures, on synthetic token
+batches:
 
 * ``plain``: one process, ``GPT`` + ``torch.optim.AdamW`` + clip, no DeepSpeed;
 * ``zero{0,1,2,3}`` at 1 and 2 processes (torchrun, gloo): the same model and optimizer
@@ -10,7 +11,7 @@ For each model (``tiny``; ``baseline-12`` at a short sequence / micro batch 1 so
 
 Reported per case: tokens/s over all processes, the ratio to ``plain``, and peak RSS per
 rank (GB). Writes ``benchmarks/results/training.json`` and ``training.png``.
-Usage: ``.venv/bin/python benchmarks/training.py [--models tiny baseline-12] [--steps N]``.
+Usage: ``.venv/bin/python benchmarks/training.py [--models tiny baseline-12 baseline-12-2k] [--nprocs 1 2] [--stages 0 1 2 3]``.
 The machine is shared: absolute numbers vary with load; compare ratios within one run.
 """
 
@@ -31,8 +32,10 @@ from megacompress.atomic import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-# (model preset, sequence length, micro batch, timed steps)
-CASES = {"tiny": (128, 8, 20), "baseline-12": (128, 1, 4)}
+# case -> (model preset, sequence length, micro batch, timed steps). "baseline-12-2k": the
+# realistic size of issue 35 (2,048 tokens per micro batch; goal: ZeRO-1/2 on one process >= 0.9x plain).
+CASES = {"tiny": ("tiny", 128, 8, 20), "baseline-12": ("baseline-12", 128, 1, 4),
+         "baseline-12-2k": ("baseline-12", 512, 4, 3)}
 
 
 def peak_rss_gb() -> float:
@@ -83,8 +86,8 @@ def worker(args: argparse.Namespace) -> None:
 
     deepspeed = import_deepspeed()
     state.initialize(1)
-    seq, micro, steps = CASES[args.model]
-    model = make_model(args.model, seq)
+    preset, seq, micro, steps = CASES[args.model]
+    model = make_model(preset, seq)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01)
     ds = json.loads((REPO / "ds_configs" / f"zero{args.stage}.json").read_text())
     world = state.get_data_parallel_world_size()
@@ -155,8 +158,8 @@ def main() -> None:
     torch.set_num_threads(1)
     results: dict = {}
     for model in args.models:
-        seq, micro, steps = CASES[model]
-        plain = run_plain(model, seq, micro, steps)
+        preset, seq, micro, steps = CASES[model]
+        plain = run_plain(preset, seq, micro, steps)
         cases = {"plain": {**plain, "ratio_to_plain": 1.0}}
         print(f"{model} plain: {plain['tokens_per_s']:.0f} tokens/s, peak RSS {plain['peak_rss_gb'][0]:.2f} GB",
               flush=True)
