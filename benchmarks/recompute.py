@@ -24,8 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from megacompress.atomic import atomic_write, write_text_atomic  # noqa: E402
-
-MODES = ("none", "full", "selective")
+from megacompress.training.config import RECOMPUTE_MODES as MODES  # noqa: E402
 
 
 def child(mode: str, layers: int, batch: int, seq: int) -> dict:

@@ -78,6 +78,11 @@ def test_export_records_the_bitstream_and_generate_needs_its_m1(m2, tmp_path):
     other = save_tiny_m1(tmp_path / "other", seed=1)
     with pytest.raises(CodecError, match="is not the M1 of"):
         recorded.with_m1(M1(other))
+    # A fresh process that reads the record first (nothing has loaded the methods yet) knows the kind.
+    fresh = subprocess.run([sys.executable, "-c", "import sys; from megacompress.data.tokenizers import "
+                            "model_tokenizer; print(model_tokenizer(sys.argv[1]).name)", str(directory)],
+                           env=cpu_env(), capture_output=True, text=True, timeout=120)
+    assert fresh.stdout.strip() == "bitstream", fresh.stderr[-2000:]
 
 
 def test_greedy_text_is_the_decoded_teacher_forced_argmax(m2):

@@ -491,15 +491,12 @@ SENTENCEPIECE_FILE = "tokenizer.model"
 RECORDED_KINDS = ("gpt2", "bytes", "sentencepiece", "hf")  # and the method kinds with a record file
 
 
-def _record_file(kind: str) -> str | None:
-    """The file a model directory holds for a recorded tokenizer of ``kind`` (None: needs none)."""
+def _recorded_kinds() -> dict[str, str | None]:
+    """Every kind a model directory can record -> the file it holds for it (None: needs none);
+    the methods' kinds included (loaded first: a record may be read before anything else loads them)."""
     plugins.load_methods()
-    files = {"sentencepiece": SENTENCEPIECE_FILE, "hf": TOKENIZER_JSON, **_RECORD_FILES}
-    return files.get(kind)
-
-
-def _recordable(kind) -> bool:
-    return isinstance(kind, str) and (kind in RECORDED_KINDS or kind in _RECORD_FILES)
+    return {**dict.fromkeys(RECORDED_KINDS), "sentencepiece": SENTENCEPIECE_FILE, "hf": TOKENIZER_JSON,
+            **_RECORD_FILES}
 
 
 def save_tokenizer(tokenizer: Tokenizer, model_dir: str) -> None:
@@ -509,9 +506,10 @@ def save_tokenizer(tokenizer: Tokenizer, model_dir: str) -> None:
 
     from megacompress.atomic import atomic_write, write_text_atomic
 
-    if not _recordable(tokenizer.name):
+    kinds = _recorded_kinds()
+    if tokenizer.name not in kinds:
         raise ValueError(f"a {tokenizer.name} tokenizer cannot be recorded in a model directory")
-    model_file = _record_file(tokenizer.name)
+    model_file = kinds[tokenizer.name]
     if model_file is not None:
         sources = [(tokenizer.model_path, model_file)]
         config = os.path.join(os.path.dirname(tokenizer.model_path), TOKENIZER_CONFIG)
@@ -539,14 +537,15 @@ def read_tokenizer_record(model_dir: str) -> dict | None:
             record = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise IntegrityError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(record, dict) or not _recordable(record.get("kind")) or not isinstance(record.get("fingerprint"), str):
-        kinds = ", ".join([*RECORDED_KINDS, *_RECORD_FILES])
-        raise IntegrityError(f"{path}: not a tokenizer record (needs \"kind\" one of {kinds} and a \"fingerprint\" "
-                             "string)")
+    kinds = _recorded_kinds()
+    if (not isinstance(record, dict) or not isinstance(record.get("kind"), str) or record["kind"] not in kinds
+            or not isinstance(record.get("fingerprint"), str)):
+        raise IntegrityError(f"{path}: not a tokenizer record (needs \"kind\" one of {', '.join(kinds)} and a "
+                             "\"fingerprint\" string)")
     model_file = record.get("model_file")
     if model_file is not None:
         record["model_file"] = str(resolve_inside(model_dir, model_file, source=path))
-    elif _record_file(record["kind"]) is not None:
+    elif kinds[record["kind"]] is not None:
         raise IntegrityError(f"{path}: a {record['kind']} tokenizer record names no model_file")
     return record
 

@@ -36,7 +36,6 @@ from megacompress.launch.slurm import add_queue_arguments, queue_parameters
 from megacompress.launch.slurm_job import EntryPointJob
 
 
-
 @dataclass(frozen=True)
 class PartitionedTool:
     """``module``: the tool run by every job; ``build_parser``: its argument parser (flags are

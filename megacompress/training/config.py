@@ -101,6 +101,9 @@ class ScheduleSection:
     ramp_fraction: float = 0.6
 
 
+RECOMPUTE_MODES = ("none", "full", "selective")  # parallel.recompute (`megacompress.training.recompute`)
+
+
 @dataclass
 class ParallelSection:
     """``ds_config`` is a JSON template from ``ds_configs/`` (default: ``zero{zero_stage}.json``);
@@ -212,8 +215,8 @@ class TrainConfig:
             (self.parallel.zero_stage in (0, 1, 2, 3), "parallel.zero_stage must be 0, 1, 2 or 3"),
             (self.parallel.precision in ("auto", "fp32", "bf16"), "parallel.precision must be auto, fp32 or bf16"),
             (self.parallel.peak_tflops >= 0, "parallel.peak_tflops must be >= 0 (0: from the device table)"),
-            (self.parallel.recompute in ("none", "full", "selective"),
-             "parallel.recompute must be none, full or selective"),
+            (self.parallel.recompute in RECOMPUTE_MODES,
+             f"parallel.recompute must be {', '.join(RECOMPUTE_MODES[:-1])} or {RECOMPUTE_MODES[-1]}"),
             (self.data.kind in DATASET_KINDS, f"data.kind must be one of {DATASET_KINDS}"),
             (self.eval.iters >= 1, "eval.iters must be >= 1"),
             (self.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1"),

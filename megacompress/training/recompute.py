@@ -24,24 +24,19 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from megacompress.models.blocks import Attention, TransformerBlock
-
-MODES = ("none", "full", "selective")
+from megacompress.training.config import RECOMPUTE_MODES
 
 
 def _recomputed(fn):
     return functools.partial(checkpoint, fn, use_reentrant=False, preserve_rng_state=True)
 
 
-def apply_recompute(model: nn.Module, mode: str) -> int:
-    """Wrap ``model``'s blocks (``full``) or attention cores (``selective``); returns how many."""
-    if mode not in MODES:
-        raise ValueError(f"parallel.recompute must be one of {', '.join(MODES)}, got {mode!r}")
-    count = 0
+def apply_recompute(model: nn.Module, mode: str) -> None:
+    """Wrap ``model``'s blocks (``full``) or attention cores (``selective``)."""
+    if mode not in RECOMPUTE_MODES:
+        raise ValueError(f"parallel.recompute must be one of {', '.join(RECOMPUTE_MODES)}, got {mode!r}")
     for module in model.modules():
         if mode == "full" and isinstance(module, TransformerBlock):
             module.forward = _recomputed(module.forward)
-            count += 1
         elif mode == "selective" and isinstance(module, Attention):
             module.core = _recomputed(module.core)
-            count += 1
-    return count
