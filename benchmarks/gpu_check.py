@@ -10,7 +10,9 @@ One script for one H100/H200 (under 8 minutes with the defaults) that writes
   a backend passes when its max abs diff <= 2 x SDPA-bf16's + ``ATOL_REL`` x max |reference|.
   Also the forward+backward time of each backend.
 * ``training``: one Baseline-12 bf16 training step (model in bf16, torch AdamW) per
-  attention backend on packed documents (document-causal mask): tokens/s and MFU.
+  attention backend on packed documents (document-causal mask): tokens/s and MFU; on CUDA
+  also each backend with compiled blocks (``parallel.compile``), alone and with full
+  recompute (``parallel.recompute=full``).
 * ``decode``: prefill then one-token steps with the KV cache: ms per step at a few
   context lengths per backend, and the number of graphs torch compiled during the loop
   (decode steps must not recompile per step).
@@ -50,7 +52,9 @@ from megacompress.attention.dispatch import AttentionMask, attend, prepare
 from megacompress.models.config import ModelConfig
 from megacompress.models.flops import flops_per_token
 from megacompress.models.gpt import GPT
+from megacompress.training.compile import apply_compile
 from megacompress.training.metrics import peak_flops
+from megacompress.training.recompute import apply_recompute
 
 NO_CUDA = ("error: gpu_check needs a CUDA device (torch.cuda.is_available() is False); run it on a GPU node: "
            "python benchmarks/gpu_check.py  (development only: --device cpu runs tiny shapes on CPU)")
@@ -283,9 +287,16 @@ def attention_section(plan: Plan, device: torch.device, dtype: torch.dtype, dead
 # ---------------------------------------------------------------- training
 
 
-def train_backend(backend: str, plan: Plan, device: torch.device, dtype: torch.dtype) -> dict:
+# Variants of every training backend: (name suffix, parallel.compile, parallel.recompute).
+VARIANTS = (("", False, "none"), ("+compile", True, "none"), ("+compile+recompute", True, "full"))
+
+
+def train_backend(backend: str, plan: Plan, device: torch.device, dtype: torch.dtype, compiled: bool = False,
+                  recompute: str = "none") -> dict:
     config = ModelConfig.from_preset(plan.preset, attention_backend=backend)
     model = GPT(config, seed=0).to(device=device, dtype=dtype)
+    apply_compile(model, compiled)
+    apply_recompute(model, recompute)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01)
     batch = training_batch(plan.train_batch, plan.train_seq, config.vocab_size, device)
 
@@ -298,7 +309,7 @@ def train_backend(backend: str, plan: Plan, device: torch.device, dtype: torch.d
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    first_ms, _ = timed_ms(step, device)  # includes compiling (flex)
+    first_ms, _ = timed_ms(step, device)  # includes compiling (flex, parallel.compile)
     for _ in range(plan.train_warmup - 1):
         step()
     elapsed_ms, losses = timed_ms(lambda: [step() for _ in range(plan.train_steps)], device)
@@ -315,13 +326,18 @@ def train_backend(backend: str, plan: Plan, device: torch.device, dtype: torch.d
 def training_section(plan: Plan, device: torch.device, dtype: torch.dtype, deadline: Deadline) -> dict:
     results = {}
     for backend, backward in backends_for("document_causal", device):
-        torch._dynamo.reset()
-        if not backward:
-            results[backend] = {"skipped": "torch has no Flex backward on CPU"}
-        else:
-            results[backend] = TIME_SKIP if deadline.passed() else guarded(train_backend, backend, plan, device, dtype)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        for suffix, compiled, recompute in VARIANTS:
+            name = backend + suffix
+            torch._dynamo.reset()
+            if not backward:
+                results[name] = {"skipped": "torch has no Flex backward on CPU"}
+            elif compiled and device.type != "cuda":
+                results[name] = {"skipped": "CUDA only (CPU compile: benchmarks/compile.py)"}
+            else:
+                results[name] = TIME_SKIP if deadline.passed() else guarded(train_backend, backend, plan, device,
+                                                                             dtype, compiled, recompute)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     failures = [f"{b}: {r.get('error', 'non-finite loss')}" for b, r in results.items()
                 if "error" in r or r.get("passed") is False]
     return dict(config=dict(preset=plan.preset, batch=plan.train_batch, seq_len=plan.train_seq, dtype=str(dtype),

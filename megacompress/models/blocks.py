@@ -1,7 +1,11 @@
 """Transformer building blocks: RMSNorm, SwiGLU MLP, attention, pre-norm block, stack.
 
 Tensor conventions: hidden states ``x [B, S, H]`` (replicated on every TP rank);
-attention heads ``[B, heads, S, D]``. Tensor parallelism (Megatron style): the qkv and
+attention heads ``[B, heads, S, D]``. With sequence parallelism (a stack's
+``sequence_parallel``, set by the engine) the hidden states between a stack's entry and exit
+are each TP rank's ``[B, S'/tp, H]`` chunk of the sequence (`megacompress.parallel.sequence`):
+norms and residual adds run on the chunk, column-parallel layers gather it, row-parallel
+layers reduce-scatter into it. Tensor parallelism (Megatron style): the qkv and
 SwiGLU gate/up projections are column-parallel (each TP rank computes its own heads /
 FFN slice), the attention output and SwiGLU down projections are row-parallel (partial
 sums all-reduced), so one block costs two all-reduces of ``[B, S, H]`` forward.
@@ -27,7 +31,7 @@ from torch import nn
 from megacompress.attention import dispatch
 from megacompress.models.config import ModelConfig
 from megacompress.models.rotary import apply_rotary
-from megacompress.parallel import state
+from megacompress.parallel import mappings, sequence, state
 from megacompress.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megacompress.parallel.sharding import divide
 
@@ -45,10 +49,12 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sequence_parallel: bool = False) -> torch.Tensor:
+        # On a sequence chunk the weight's gradient is this rank's part: summed over TP in backward.
+        weight = mappings.copy_to_tp_region(self.weight) if sequence_parallel else self.weight
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (normed * self.weight.float()).to(x.dtype)
+        return (normed * weight.float()).to(x.dtype)
 
 
 def _output_std(config: ModelConfig) -> float:
@@ -67,8 +73,9 @@ class SwiGLU(nn.Module):
         self.up = ColumnParallelLinear(h, f, init_std=config.init_std, init_seed=seed, seed_offset=f"{prefix}.up")
         self.down = RowParallelLinear(f, h, init_std=_output_std(config), init_seed=seed, seed_offset=f"{prefix}.down")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+    def forward(self, x: torch.Tensor, seq_len: int | None = None) -> torch.Tensor:
+        """``seq_len``: sequence parallel, ``x`` a chunk of that sequence, and so is the output."""
+        return self.down(F.silu(self.gate(x, seq_len)) * self.up(x, seq_len), sequence_parallel=seq_len is not None)
 
 
 class Attention(nn.Module):
@@ -98,10 +105,11 @@ class Attention(nn.Module):
         self.core = dispatch.attend
 
     def forward(self, x: torch.Tensor, rope: Rope, mask: dispatch.PreparedMask,
-                kv_cache: LayerKVCache | None = None) -> torch.Tensor:
-        """x [B, S, H] -> [B, S, H]; with ``kv_cache`` keys/values attend over cached slots too."""
-        b, s, _ = x.shape
-        groups = self.qkv(x).view(b, s, self.num_kv_heads_local, self.q_per_kv + 2, self.head_dim)
+                kv_cache: LayerKVCache | None = None, seq_len: int | None = None) -> torch.Tensor:
+        """x [B, S, H] -> [B, S, H]; with ``kv_cache`` keys/values attend over cached slots too;
+        with ``seq_len`` (sequence parallel) x and the output are [B, S'/tp, H] chunks of it."""
+        b, s = x.shape[0], seq_len or x.shape[1]
+        groups = self.qkv(x, seq_len).view(b, s, self.num_kv_heads_local, self.q_per_kv + 2, self.head_dim)
         q = groups[:, :, :, :self.q_per_kv].reshape(b, s, self.num_heads_local, self.head_dim)
         k, v = groups[:, :, :, -2], groups[:, :, :, -1]  # [B, S, Hkv_local, D]
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # -> [B, heads, S, D]
@@ -110,7 +118,8 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)
         y = self.core(q, k, v, mask)  # [B, Hq_local, S, D]
-        return self.out(y.transpose(1, 2).reshape(b, s, self.num_heads_local * self.head_dim))
+        return self.out(y.transpose(1, 2).reshape(b, s, self.num_heads_local * self.head_dim),
+                        sequence_parallel=seq_len is not None)
 
 
 class TransformerBlock(nn.Module):
@@ -124,9 +133,11 @@ class TransformerBlock(nn.Module):
         self.mlp = SwiGLU(config, seed, f"{prefix}.mlp")
 
     def forward(self, x: torch.Tensor, rope: Rope, mask: dispatch.PreparedMask,
-                kv_cache: LayerKVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, mask, kv_cache)
-        return x + self.mlp(self.mlp_norm(x))
+                kv_cache: LayerKVCache | None = None, seq_len: int | None = None) -> torch.Tensor:
+        """``seq_len``: sequence parallel (x is this rank's chunk of a sequence that long)."""
+        sp = seq_len is not None
+        x = x + self.attn(self.attn_norm(x, sp), rope, mask, kv_cache, seq_len)
+        return x + self.mlp(self.mlp_norm(x, sp), seq_len)
 
 
 class TransformerStack(nn.Module):
@@ -134,17 +145,27 @@ class TransformerStack(nn.Module):
 
     ``kv_cache`` (a `megacompress.models.kv_cache.KVCache` with one entry per block
     of this stack, ``begin_step`` already called) is threaded through layer by layer.
+    ``sequence_parallel`` (off; the engine's ``parallel.sequence_parallel`` turns it on):
+    with TP > 1 and no KV cache the stack splits the sequence over the TP ranks at entry and
+    gathers it at exit, so its input and output stay replicated ``[B, S, H]``.
     """
 
     def __init__(self, config: ModelConfig, num_layers: int, seed: int, prefix: str):
         super().__init__()
         self.layers = nn.ModuleList(
             TransformerBlock(config, seed, f"{prefix}.{i}") for i in range(num_layers))
+        self.sequence_parallel = False
 
     def forward(self, x: torch.Tensor, rope: Rope, mask: dispatch.PreparedMask,
                 kv_cache: KVCache | None = None) -> torch.Tensor:
         if kv_cache is not None and kv_cache.num_layers != len(self.layers):
             raise ValueError(f"KV cache has {kv_cache.num_layers} layers, the stack {len(self.layers)}")
+        if self.sequence_parallel and kv_cache is None and state.get_tensor_parallel_world_size() > 1:
+            seq_len = x.shape[1]
+            x = sequence.scatter_to_sequence_region(x)
+            for layer in self.layers:
+                x = layer(x, rope, mask, seq_len=seq_len)
+            return sequence.gather_from_sequence_region(x, seq_len)
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, mask, None if kv_cache is None else kv_cache.layer(i))
         return x

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megacompress.parallel import mappings, random, sharding, state
+from megacompress.parallel import mappings, random, sequence, sharding, state
 
 
 def padded_vocab_size(vocab_size: int, tensor_parallel_size: int, vocab_multiple: int = 1) -> int:
@@ -76,9 +76,16 @@ class ColumnParallelLinear(nn.Module):
             random.normal_shard((out_features, in_features), 0, init_std, init_seed, seed_offset, dtype), 0)
         self.bias = _tp_parameter(torch.zeros(self.out_features_per_partition, dtype=dtype), 0) if bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[..., in]`` (replicated) -> ``[..., out/tp]`` or, gathered, ``[..., out]``."""
-        y = linear(mappings.copy_to_tp_region(x), self.weight, self.bias)
+    def forward(self, x: torch.Tensor, seq_len: int | None = None) -> torch.Tensor:
+        """``[..., in]`` (replicated) -> ``[..., out/tp]`` or, gathered, ``[..., out]``.
+
+        ``seq_len`` (sequence parallelism): ``x`` is this rank's ``[B, S'/tp, in]`` chunk of a
+        sequence of ``seq_len`` (`megacompress.parallel.sequence`); the output covers all of it.
+        """
+        if seq_len is not None:
+            y = sequence.sequence_parallel_linear(x, seq_len, self.weight, self.bias)
+        else:
+            y = linear(mappings.copy_to_tp_region(x), self.weight, self.bias)
         return mappings.gather_from_tp_region(y) if self.gather_output else y
 
     def extra_repr(self) -> str:
@@ -101,10 +108,14 @@ class RowParallelLinear(nn.Module):
         # Replicated over TP (not tensor_model_parallel): grad-norm counts it once.
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype)) if bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[..., in/tp]`` (or replicated ``[..., in]``) -> ``[..., out]`` replicated."""
+    def forward(self, x: torch.Tensor, sequence_parallel: bool = False) -> torch.Tensor:
+        """``[..., in/tp]`` (or replicated ``[..., in]``) -> ``[..., out]`` replicated, or with
+        ``sequence_parallel`` this rank's ``[B, S'/tp, out]`` chunk of the sum."""
         if not self.input_is_parallel:
             x = mappings.scatter_to_tp_region(x)
+        if sequence_parallel:  # the bias then meets one chunk per rank: its gradient is summed over TP
+            y = sequence.reduce_scatter_to_sequence_region(linear(x, self.weight))
+            return y + mappings.copy_to_tp_region(self.bias) if self.bias is not None else y
         y = mappings.reduce_from_tp_region(linear(x, self.weight))
         return y + self.bias if self.bias is not None else y
 

@@ -109,13 +109,17 @@ class ParallelSection:
     """``ds_config`` is a JSON template from ``ds_configs/`` (default: ``zero{zero_stage}.json``);
     ``precision`` ``auto`` = bf16 on GPU, fp32 on CPU; ``recompute``: activation recompute,
     ``none`` | ``full`` (every block) | ``selective`` (the attention core), see
-    `megacompress.training.recompute`."""
+    `megacompress.training.recompute`; ``sequence_parallel``: with TP > 1, shard the norm /
+    residual activations along the sequence over the TP group (`megacompress.parallel.sequence`);
+    ``compile``: each transformer block through ``torch.compile`` (`megacompress.training.compile`)."""
 
     tensor_parallel_size: int = 1
     zero_stage: int = 2
     ds_config: str = ""
     precision: str = "auto"
     recompute: str = "none"
+    sequence_parallel: bool = False
+    compile: bool = False
     peak_tflops: float = 0.0  # per device, for MFU; 0: the device table (H100/H200/A100 bf16, ...); CPU: none
 
 
@@ -201,6 +205,8 @@ class TrainConfig:
             warnings.warn(f"schedule.warmup_steps={s.warmup_steps} is longer than schedule.train_steps="
                           f"{s.train_steps}: warmup clamped to {s.train_steps} steps")
             s.warmup_steps = s.train_steps
+        if self.parallel.sequence_parallel and self.parallel.tensor_parallel_size == 1:
+            warnings.warn("parallel.sequence_parallel has no effect with parallel.tensor_parallel_size=1")
         checks = [
             (s.train_steps > 0, "schedule.train_steps must be > 0"),
             (s.warmup_steps >= 0, "schedule.warmup_steps must be >= 0"),

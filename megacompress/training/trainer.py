@@ -52,6 +52,7 @@ from megacompress.progress import is_interactive, progress
 from megacompress.atomic import write_text_atomic
 from megacompress.training.checkpoint import (CheckpointError, CheckpointManager, TrainState,
                                               committed_tags, engine_precision, read_latest)
+from megacompress.training.compile import apply_compile
 from megacompress.training.config import TrainConfig, TrainConfigError
 from megacompress.training.ds_config import build_ds_config
 from megacompress.training.metrics import MetricsLogger, memory_stats, peak_flops
@@ -59,6 +60,7 @@ from megacompress.training.rng import get_rng_state, seed_everything, set_rng_st
 from megacompress.training.run_lock import RunDirBusy, RunLock
 from megacompress.training.schedules import BatchSizeRamp, WarmupDecayLR
 from megacompress.training.recompute import apply_recompute
+from megacompress.training.sequence_parallel import apply_sequence_parallel
 from megacompress.training.signals import StopSignal
 
 @dataclass
@@ -129,7 +131,9 @@ class Trainer:
         model = build_model(self.model_config, seed=config.seed)
         if config.model.init_from:  # fine-tuning; a resumed run then loads its checkpoint over it
             load_weights(model, config.model.init_from)
+        apply_compile(model, config.parallel.compile)
         apply_recompute(model, config.parallel.recompute)
+        apply_sequence_parallel(model, config.parallel.sequence_parallel)
         opt = config.optimizer
         optimizer = torch.optim.AdamW(parameter_groups(model, opt.weight_decay), lr=opt.lr,
                                       betas=(opt.beta1, opt.beta2), eps=opt.eps)
