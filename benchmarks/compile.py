@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from megacompress.atomic import atomic_write, write_text_atomic  # noqa: E402
+from report import pyplot, save_figure, save_report  # noqa: E402
 
 CASES = [(compiled, recompute) for recompute in ("none", "full") for compiled in (False, True)]
 
@@ -97,18 +97,11 @@ def main(argv: list[str] | None = None) -> None:
                   f"({r['step_time_ratio_to_eager']:.2f}x eager), compile {r['compile_s']:.1f} s, "
                   f"same numbers: {r['same_as_eager']}", flush=True)
     report = {"batch": args.batch, "seq": args.seq, "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
-    plot(report, args.out.with_suffix(".png"))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png').name}")
+    save_report(report, args.out, plot)
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     compiled = [r for r in report["results"] if r["compiled"]]
     labels = [f"{r['model']}\n{r['recompute']}" for r in compiled]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -119,7 +112,7 @@ def plot(report: dict, path: Path) -> None:
     right.set_ylabel("compile time (s)")
     fig.suptitle(f"{report['batch']} x {report['seq']} tokens, CPU")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from megacompress.atomic import atomic_write, write_text_atomic  # noqa: E402
+from report import pyplot, save_figure, save_report  # noqa: E402
 from megacompress.training.config import RECOMPUTE_MODES as MODES  # noqa: E402
 
 
@@ -95,18 +95,11 @@ def main(argv: list[str] | None = None) -> None:
         r["ratio_to_none"] = r["step_peak_gb"] / ref["step_peak_gb"] if ref["step_peak_gb"] > 0 else None
         r["same_as_none"] = abs(r["loss"] - ref["loss"]) < 1e-5 and abs(r["grad_norm"] - ref["grad_norm"]) < 1e-5
     report = {"model": f"baseline-12 with {layers} layers", "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
-    plot(report, args.out.with_suffix(".png"))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png').name}")
+    save_report(report, args.out, plot)
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     results = report["results"]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.bar([r["mode"] for r in results], [r["step_peak_gb"] for r in results])
@@ -115,7 +108,7 @@ def plot(report: dict, path: Path) -> None:
     ax.set_ylabel("peak memory of one step above the model (GB)")
     ax.set_title(report["model"])
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from megacompress.atomic import atomic_write, write_text_atomic  # noqa: E402
+from report import pyplot, save_figure, save_report  # noqa: E402
 
 CASES = [(sp, recompute) for recompute in ("none", "selective") for sp in (False, True)]
 
@@ -74,7 +74,7 @@ def worker(layers: int, batch: int, seq: int, steps: int, out: Path) -> None:
         report = {"model": f"baseline-12 with {layers} layers", "tensor_parallel_size": 2, "batch": batch,
                   "seq": seq, "results": results}
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out, json.dumps(report, indent=2) + "\n")
+        out.write_text(json.dumps(report))  # for the parent, which writes the report
     state.destroy()
 
 
@@ -101,16 +101,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"sequence_parallel={str(r['sequence_parallel']).lower():5} recompute={r['recompute']:9}: "
               f"{r['saved_bytes_per_rank'] / 2**20:8.1f} MiB saved per rank ({r['ratio_to_no_sp']:.3f}x), "
               f"step {r['step_s']:.2f} s ({r['step_time_ratio_to_no_sp']:.2f}x), same numbers: {r['same_as_no_sp']}")
-    plot(report, args.out.with_suffix(".png"))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png').name}")
+    save_report(report, args.out, plot)
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     results = report["results"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     labels = [f"{'SP' if r['sequence_parallel'] else 'no SP'}\n{r['recompute']}" for r in results]
@@ -120,7 +115,7 @@ def plot(report: dict, path: Path) -> None:
     ax.set_ylabel("activations saved per rank (MiB)")
     ax.set_title(f"{report['model']}, TP=2, {report['batch']} x {report['seq']} tokens")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ CLIS = [
     (["tools/preprocess_data.py"], "python tools/preprocess_data.py"),
     (["tools/convert_checkpoint.py"], "python tools/convert_checkpoint.py"),
     (["tools/plot_run.py"], "python tools/plot_run.py"),
+    (["tools/plan_job.py"], "python tools/plan_job.py"),
     (["tools/compress_corpus.py"], "python tools/compress_corpus.py"),
     (["tools/decompress_corpus.py"], "python tools/decompress_corpus.py"),
     (["-m", "megacompress.methods.equal_info.evaluate"], "python -m megacompress.methods.equal_info.evaluate"),

@@ -4,9 +4,10 @@
     megacompress launch deepspeed --hostfile hostfile --config configs/baseline12.yaml
     megacompress launch slurm --config configs/baseline12.yaml --nodes 2 --gpus-per-node 8 \\
         --partition gpu --time 24:00:00
+    megacompress launch plan --config configs/baseline12.yaml --nodes 4 --gpus-per-node 8 --gpu h100-80gb
 
 Every launcher validates the config for the full world size before anything starts or is
-submitted. The older command lines (``python launchers/torchrun.py ...``) run the same code.
+submitted; ``plan`` sizes the job (memory per GPU, traffic, tokens/s) without starting anything. The older command lines (``python launchers/torchrun.py ...``) run the same code.
 See docs/launching.md.
 """
 
@@ -21,6 +22,8 @@ SUBCOMMANDS = {c.name: c for c in (
                "megacompress.launch.deepspeed_launch:main"),
     Subcommand("slurm", "Submit training to SLURM through submitit (one task per rank; sweeps as job arrays; "
                         "requeued after preemption).", "megacompress.launch.slurm:main"),
+    Subcommand("plan", "Size a job without starting it: memory per GPU, whether it fits, traffic per step, "
+                       "tokens/s.", "megacompress.launch.plan:main"),
 )}
 
 

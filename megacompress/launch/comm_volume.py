@@ -70,6 +70,11 @@ def ring(n: int) -> float:
     return (n - 1) / n if n > 1 else 0.0
 
 
+# Effective bandwidths per GPU (GB/s) for the time columns: DP/ZeRO collectives across nodes (~200 Gb/s
+# InfiniBand) and TP all-reduces inside a node (NVLink). The job planner uses the same defaults.
+DP_BANDWIDTH_GBS = 25.0
+TP_BANDWIDTH_GBS = 200.0
+
 # DeepSpeed's default stage3_max_reuse_distance: gathered parameters are kept for the backward within it.
 ZERO3_REUSE_DISTANCE = 1e9
 
@@ -126,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-batch", type=int, default=8, help="sequences per GPU per micro batch")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per sequence")
     parser.add_argument("--bytes", type=int, default=2, help="bytes per communicated value (bf16: 2)")
-    parser.add_argument("--bandwidth", type=float, default=25.0,
+    parser.add_argument("--bandwidth", type=float, default=DP_BANDWIDTH_GBS,
                         help="effective GB/s per GPU for DP/ZeRO collectives across nodes (25 ~ 200 Gb/s IB)")
-    parser.add_argument("--tp-bandwidth", type=float, default=200.0,
+    parser.add_argument("--tp-bandwidth", type=float, default=TP_BANDWIDTH_GBS,
                         help="effective GB/s per GPU for TP all-reduces inside a node (NVLink)")
     parser.add_argument("--tflops", type=float, default=400.0,
                         help="achieved TFLOP/s per GPU for the compute-time column (e.g. 40%% of an H100's bf16 peak)")

@@ -32,6 +32,16 @@ from megacompress.parallel import state
 from megacompress.parallel.layers import VocabParallelEmbedding, parallel_lm_logits
 
 
+class OutputHead(VocabParallelEmbedding):
+    """An untied LM head: the embedding's table layout (vocab-sharded, padded, same init), but its
+    call computes logits. The logits are computed inside this module's own call so that ZeRO-3,
+    which gathers a partitioned weight around the call of the module that owns it, gathers it
+    (read as a bare attribute from elsewhere it would be the empty partition placeholder)."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return parallel_lm_logits(hidden, self.weight)
+
+
 def _ensure_parallel_state() -> None:
     # A single-process user (notebook, CLI) need not set up process groups by hand.
     if not state.is_initialized():
@@ -55,8 +65,8 @@ class GPT(nn.Module):
         self.build_layers(config, seed)
         self.norm = RMSNorm(h, config.norm_eps)
         # An untied head is a second vocab-sharded [Vp/tp, H] table (same padding and
-        # sharding as the embedding), used through `parallel_lm_logits` like a tied one.
-        self.lm_head = None if config.tie_embeddings else VocabParallelEmbedding(
+        # sharding as the embedding), whose call computes the logits (`OutputHead`).
+        self.lm_head = None if config.tie_embeddings else OutputHead(
             config.vocab_size, h, init_std=config.init_std, init_seed=seed, seed_offset="lm_head",
             vocab_multiple=VOCAB_MULTIPLE)
 
@@ -67,6 +77,11 @@ class GPT(nn.Module):
     @property
     def output_weight(self) -> torch.Tensor:
         return (self.embed if self.lm_head is None else self.lm_head).weight
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocab-sharded logits [.., Vp/tp] of final-norm outputs, through the head module when untied
+        (`OutputHead`: what ZeRO-3 needs); the tied table is the embedding's, gathered for its lookup."""
+        return parallel_lm_logits(hidden, self.embed.weight) if self.lm_head is None else self.lm_head(hidden)
 
     def prepare_mask(self, batch: int, seq_len: int, device: torch.device, dtype: torch.dtype,
                      document_ids: torch.Tensor | None = None,
@@ -118,7 +133,7 @@ class GPT(nn.Module):
         x = self.stack(x, self.rotary(position_ids, x.dtype), mask, kv_cache)
         if kv_cache is not None:
             kv_cache.end_step()
-        logits = parallel_lm_logits(self.norm(select_positions(x, logits_index)), self.output_weight)
+        logits = self.logits(self.norm(select_positions(x, logits_index)))
         if labels is None:
             return ModelOutput(logits)
         return ModelOutput(logits, *language_model_loss(logits, labels, self.config.vocab_size))

@@ -2,8 +2,8 @@
 fixed-bit windows, and a second LM (M2) trained over those bitstream tokens.
 
 Importing the package registers the ``bitstream`` dataset kind and tokenizer kind (recorded
-by exports; readied for ``generate`` by ``generation``) and the ``megacompress equal-info``
-subcommand. Modules: ``arithmetic`` (the coder), ``windows`` /
+by exports; readied for ``generate`` by ``generation``), the paper's M2 sizes as model presets
+(``presets``: ``eiw-m2-25m`` ... ``eiw-m2-2b``) and the ``megacompress equal-info`` subcommand. Modules: ``arithmetic`` (the coder), ``windows`` /
 ``equal_info`` / ``plain_ac`` / ``baselines`` / ``codec`` (the schemes), ``m1`` (the byte LM),
 ``shards`` / ``tokenizer`` / ``dataset`` (bitstream shards and their training side),
 ``compress`` / ``decompress`` / ``evaluate`` (the command-line tools), ``generation`` (text from an M2).
@@ -13,6 +13,7 @@ from megacompress.command import register_command
 from megacompress.data.tokenizers import TokenizerFileError, register_tokenizer_kind
 from megacompress.generation.fast import register_tokenizer_setup
 from megacompress.methods.equal_info import dataset  # noqa: F401  (registers the bitstream dataset kind)
+from megacompress.methods.equal_info import presets  # noqa: F401  (registers the paper's M2 sizes)
 
 
 def _bitstream_tokenizer(model_path: str | None):

@@ -31,7 +31,6 @@ from megacompress.models.gpt import GPT
 from megacompress.models.kv_cache import KVCache
 from megacompress.models.outputs import ModelOutput, language_model_loss, select_positions
 from megacompress.models.registry import register_architecture
-from megacompress.parallel.layers import parallel_lm_logits
 
 ENCODER, BODY = "encoder", "body"
 # Mask of each stack over a full sequence; with a KV cache both are document-causal over
@@ -99,7 +98,7 @@ class GPTHF(GPT):
 
     def lm_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm + tied head: [B, Q, H] -> vocab-sharded logits [B, Q, Vp/tp]."""
-        return parallel_lm_logits(self.norm(x), self.output_weight)
+        return self.logits(self.norm(x))
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 document_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
