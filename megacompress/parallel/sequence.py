@@ -70,15 +70,18 @@ def _reduce_scatter(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class _Scatter(torch.autograd.Function):
+class _IntoChunks(torch.autograd.Function):
+    """``[B, S, H]`` -> this rank's chunk: kept (``reduce`` False) or summed over TP (True).
+    Either way the gradient of the chunks is gathered back (each rank's chunk has its own)."""
+
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, x, reduce):
         ctx.seq_len = x.shape[SEQ_DIM]
-        return _own_chunk(x)
+        return _reduce_scatter(x) if reduce else _own_chunk(x)
 
     @staticmethod
     def backward(ctx, grad):
-        return _all_gather(grad, ctx.seq_len)
+        return _all_gather(grad, ctx.seq_len), None
 
 
 class _Gather(torch.autograd.Function):
@@ -89,17 +92,6 @@ class _Gather(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return _own_chunk(grad), None
-
-
-class _ReduceScatter(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.seq_len = x.shape[SEQ_DIM]
-        return _reduce_scatter(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _all_gather(grad, ctx.seq_len)
 
 
 class _GatheredLinear(torch.autograd.Function):
@@ -123,7 +115,7 @@ class _GatheredLinear(torch.autograd.Function):
 
 def scatter_to_sequence_region(x: torch.Tensor) -> torch.Tensor:
     """``[B, S, H]`` (the same on every TP rank) -> this rank's ``[B, S'/tp, H]`` chunk."""
-    return x if _tp() == 1 else _Scatter.apply(x)
+    return x if _tp() == 1 else _IntoChunks.apply(x, False)
 
 
 def gather_from_sequence_region(chunk: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -133,7 +125,7 @@ def gather_from_sequence_region(chunk: torch.Tensor, seq_len: int) -> torch.Tens
 
 def reduce_scatter_to_sequence_region(x: torch.Tensor) -> torch.Tensor:
     """Partial sums ``[B, S, H]`` (a row-parallel product) -> this rank's chunk of their sum."""
-    return x if _tp() == 1 else _ReduceScatter.apply(x)
+    return x if _tp() == 1 else _IntoChunks.apply(x, True)
 
 
 def sequence_parallel_linear(chunk: torch.Tensor, seq_len: int, weight: torch.Tensor,
