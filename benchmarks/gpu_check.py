@@ -297,7 +297,8 @@ def train_backend(backend: str, plan: Plan, device: torch.device, dtype: torch.d
     model = GPT(config, seed=0).to(device=device, dtype=dtype)
     apply_compile(model, compiled)
     apply_recompute(model, recompute)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01,
+                            fused=True)  # the trainer's default optimizer.implementation
     batch = training_batch(plan.train_batch, plan.train_seq, config.vocab_size, device)
 
     def step() -> torch.Tensor:

@@ -70,7 +70,7 @@ def child(config_path: str, sets: list[str]) -> dict:
 
     from megacompress.models.registry import build_model
     from megacompress.parallel import state
-    from megacompress.training.config import load_config
+    from megacompress.training.config import OPTIMIZER_IMPLEMENTATIONS, load_config
     from megacompress.training.ds_config import build_ds_config
     from megacompress.training.recompute import apply_recompute
     from megacompress.training.trainer import import_deepspeed, parameter_groups
@@ -86,7 +86,8 @@ def child(config_path: str, sets: list[str]) -> dict:
     before, peak_before = rss_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     model = build_model(model_config, seed=config.seed)
     apply_recompute(model, config.parallel.recompute)
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.optimizer.weight_decay), lr=1e-4)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.optimizer.weight_decay), lr=1e-4,
+                                  **OPTIMIZER_IMPLEMENTATIONS[config.optimizer.implementation])
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, mpu=state.mpu,
                                       config=ds_config)
     built = rss_bytes()

@@ -4,7 +4,7 @@ For each case (``tiny``; ``baseline-12`` at a short sequence / micro batch 1; ``
 at 4 x 512 = 2,048 tokens per micro batch, a realistic size) this measures, on synthetic token
 batches:
 
-* ``plain``: one process, ``GPT`` + ``torch.optim.AdamW`` + clip, no DeepSpeed;
+* ``plain``: one process, ``GPT`` + ``torch.optim.AdamW`` (fused, the trainer's default) + clip, no DeepSpeed;
 * ``zero{0,1,2,3}`` at 1 and 2 processes (torchrun, gloo): the same model and optimizer
   through ``deepspeed.initialize`` with a ``ds_configs/zero*.json`` template, micro batch
   equal to the plain loop's (so 2 processes do twice the tokens per step).
@@ -65,7 +65,8 @@ def timed_loop(step_fn, steps: int) -> float:
 
 def run_plain(preset: str, seq: int, micro: int, steps: int) -> dict:
     model = make_model(preset, seq)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01,
+                            fused=True)  # the trainer's default optimizer.implementation
     vocab = model.config.vocab_size
 
     def step(i: int) -> None:
@@ -88,7 +89,8 @@ def worker(args: argparse.Namespace) -> None:
     state.initialize(1)
     preset, seq, micro, steps = CASES[args.model]
     model = make_model(preset, seq)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01,
+                            fused=True)  # the trainer's default optimizer.implementation
     ds = json.loads((REPO / "ds_configs" / f"zero{args.stage}.json").read_text())
     world = state.get_data_parallel_world_size()
     ds.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=1,

@@ -98,6 +98,16 @@ def test_allow_changes_takes_keys_and_sections(ckpt):
         resume(ckpt, ["data.data_path=[shards/b]", "data.seed=5", "checkpoint.allow_changes=[data.data_path]"])
 
 
+def test_optimizer_implementation_is_not_run_defining(tmp_path, ckpt):
+    resume(ckpt, ["optimizer.implementation=for-loop"])  # the same run, computed another way
+    tag_dir = tmp_path / "older" / TAG  # saved before the key existed
+    tag_dir.mkdir(parents=True)
+    saved = load_config(None, SAVED).to_dict()
+    del saved["optimizer"]["implementation"]
+    write_manifest(tag_dir, state=TrainState(4, 16, 0), model_config=MODEL, train_config=saved)
+    assert resume(tag_dir.parent, []).step == 4
+
+
 def test_allow_changes_names_known_keys():
     with pytest.raises(TrainConfigError, match=r"checkpoint.allow_changes: unknown config key 'schedule.train_step' "
                                                r"\(did you mean 'schedule.train_steps'\?\)"):

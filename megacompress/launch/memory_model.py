@@ -76,9 +76,10 @@ they are kept from the forward to the backward when the model is within
 ``stage3_max_live_parameters``, 1e9), otherwise the running layer and the prefetch bucket (5e7).
 
 The optimizer step runs after the activations are freed and needs temporaries of its own:
-AdamW's ``sqrt(v)`` of the flat fp32 partition (4 Psi / n; the CPU's single-tensor path also
-keeps its quotient, 8 Psi / n; without ZeRO, per tensor on the CPU, all tensors at once on a
-GPU), the fp32 cast of bf16 gradients (4 Psi / n) and, under ZeRO-1/2, the flattened fp32
+AdamW's (``optimizer.implementation``: none for the default ``fused`` kernel; ``foreach`` keeps
+``sqrt(v)`` of the flat fp32 partition, 4 Psi / n; the single-tensor ``for-loop`` also its
+quotient, 8 Psi / n; without ZeRO, all tensors at once for ``foreach``, one at a time for
+``for-loop``), the fp32 cast of bf16 gradients (4 Psi / n) and, under ZeRO-1/2, the flattened fp32
 gradient partition DeepSpeed builds for the step (4 Psi / n, in fp32 too). The peak is
 state + buffers + max(activations, step temporaries).
 """
@@ -105,6 +106,7 @@ class JobShape:
     bf16: bool = True
     gpu: bool = True
     accumulation: int = 1
+    optimizer: str = "fused"  # optimizer.implementation: fused | foreach | for-loop
 
     @property
     def value_bytes(self) -> int:
@@ -219,13 +221,15 @@ def state_bytes(psi: int, largest: int, layer: int, shape: JobShape, buffers: Ze
     """Parameters, gradients, optimizer state, buffers and the optimizer step's temporaries per GPU."""
     n, p, bf16 = shape.dp, shape.value_bytes, shape.bf16
     touched = (lambda elements: elements) if shape.gpu else (lambda elements: min(elements, psi))
-    # AdamW's temporaries: sqrt(v) (and, on the CPU's single-tensor path, its quotient) of the flat tensor
-    adam = 4 * psi / n if shape.gpu else 8 * psi / n
+    # AdamW's temporaries (ZeRO: of the flat partition; ZeRO-0: of the model's tensors): none for the
+    # fused kernel; sqrt(v) of all at once for foreach; sqrt(v) and its quotient one tensor at a time
+    # for the single-tensor for-loop
+    adam = {"fused": 0, "foreach": 4 * psi / n, "for-loop": 8 * psi / n}[shape.optimizer]
     cast = 4 * psi / n if bf16 else 0  # the gradients cast to fp32 for the master weights' step
     if shape.zero == 0:
+        adam = {"fused": 0, "foreach": 4 * psi, "for-loop": 8 * largest}[shape.optimizer]
         return MemoryEstimate(parameters=p * psi, gradients=p * psi, optimizer=8 * psi + (4 * psi if bf16 else 0),
-                              buffers=0, activations=0,
-                              optimizer_step_temporary=(4 * psi if shape.gpu else 8 * largest) + 4 * psi * bf16)
+                              buffers=0, activations=0, optimizer_step_temporary=adam + 4 * psi * bf16)
     if shape.zero in (1, 2):
         gradients = p * psi + p * psi / n if shape.zero == 1 else p * psi / n
         bucket = p * touched(buffers.reduce_bucket) if shape.zero == 2 else 0

@@ -81,7 +81,8 @@ def plan(config_path: str, cluster: Cluster, rates: Rates = Rates(), overrides: 
     bf16 = bool(ds["bf16"]["enabled"])
     shape = JobShape(tp=tp, dp=dp, zero=par.zero_stage, micro_batch=sched.micro_batch_size, seq_len=model.max_seq_len,
                      recompute=par.recompute, sequence_parallel=par.sequence_parallel and tp > 1, bf16=bf16,
-                     gpu=cluster.device.gpu, accumulation=ds["gradient_accumulation_steps"])
+                     gpu=cluster.device.gpu, accumulation=ds["gradient_accumulation_steps"],
+                     optimizer=config.optimizer.implementation)
     memory = estimate(model, shape, ZeroBuffers.from_template(ds))
     usable = cluster.device.memory_bytes * (1 - rates.headroom)
     params = count_parameters(model).total
@@ -123,7 +124,7 @@ def assumptions(config, model, shape: JobShape, rates: Rates, cluster: Cluster) 
         "memory in GiB (2^30 bytes) per GPU; total = parameters + gradients + optimizer + buffers + "
         "max(activations, optimizer_step_temporary): the step runs after the activations are freed",
         f"fits: total <= {1 - rates.headroom:.0%} of the device memory (the rest: CUDA context, NCCL, fragmentation)",
-        "optimizer: torch AdamW (m, v in fp32); DeepSpeed 0.19.8 keeps fp32 master weights in bf16 and, under "
+        f"optimizer: torch AdamW, {config.optimizer.implementation} (m, v in fp32); DeepSpeed 0.19.8 keeps fp32 master weights in bf16 and, under "
         "ZeRO 1-3, a cloned fp32 partition even in fp32",
         "activations: one micro batch, peak at the start of backward (every block's saved tensors + the loss head's "
         "logits, fp32 softmax and its gradient)",

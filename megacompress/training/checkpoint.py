@@ -87,6 +87,9 @@ SLEEP_BEFORE_COMMIT_ENV = "MEGACOMPRESS_CKPT_SLEEP_BEFORE_COMMIT"
 RUN_KEYS = ("data", "tokenizer", "schedule", "optimizer", "seed", "parallel.tensor_parallel_size",
             "parallel.zero_stage")
 LOCATION_KEYS = ("data.cache_dir",)  # inside RUN_KEYS, but only a location
+# Inside RUN_KEYS, but how the same run is computed, not what it is: a resume may change them
+# (and a checkpoint from before they existed resumes).
+IMPLEMENTATION_KEYS = ("optimizer.implementation",)
 # Compared as absolute paths (from the current directory), so that ``runs/x`` and ``/repo/runs/x``
 # are one value; a data_path's blend weights as numbers (`parse_data_path`).
 PATH_KEYS = ("data.data_path", "tokenizer.model_path", "model.init_from", "eval.data_path")
@@ -271,9 +274,10 @@ def covered(key: str, prefixes) -> bool:
 
 
 def run_defining(train_config: dict[str, Any], allowed=()) -> dict[str, Any]:
-    """The `RUN_KEYS` entries of ``train_config`` (dotted), less locations and ``allowed``."""
+    """The `RUN_KEYS` entries of ``train_config`` (dotted), less locations, implementation choices
+    and ``allowed``."""
     return {k: v for k, v in flatten_config(train_config).items()
-            if covered(k, RUN_KEYS) and not covered(k, (*LOCATION_KEYS, *allowed))}
+            if covered(k, RUN_KEYS) and not covered(k, (*LOCATION_KEYS, *IMPLEMENTATION_KEYS, *allowed))}
 
 
 def _load_rng(path: Path) -> dict[str, Any]:

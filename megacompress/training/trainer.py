@@ -53,7 +53,7 @@ from megacompress.atomic import write_text_atomic
 from megacompress.training.checkpoint import (CheckpointError, CheckpointManager, TrainState,
                                               committed_tags, engine_precision, read_latest)
 from megacompress.training.compile import apply_compile
-from megacompress.training.config import TrainConfig, TrainConfigError
+from megacompress.training.config import OPTIMIZER_IMPLEMENTATIONS, TrainConfig, TrainConfigError
 from megacompress.training.ds_config import build_ds_config
 from megacompress.training.metrics import MetricsLogger, memory_stats, peak_flops
 from megacompress.training.rng import get_rng_state, seed_everything, set_rng_state
@@ -136,7 +136,8 @@ class Trainer:
         apply_sequence_parallel(model, config.parallel.sequence_parallel)
         opt = config.optimizer
         optimizer = torch.optim.AdamW(parameter_groups(model, opt.weight_decay), lr=opt.lr,
-                                      betas=(opt.beta1, opt.beta2), eps=opt.eps)
+                                      betas=(opt.beta1, opt.beta2), eps=opt.eps,
+                                      **OPTIMIZER_IMPLEMENTATIONS[opt.implementation])
         s = config.schedule
         scheduler = WarmupDecayLR(optimizer, lr=opt.lr, min_lr=opt.min_lr, warmup_steps=s.warmup_steps,
                                   train_steps=s.train_steps, decay=s.decay)
