@@ -3,15 +3,12 @@ under full and selective recompute, has no graph break and gives eager's loss an
 (within 1e-4). Through the trainer (TP=2, ZeRO-1, real processes), sequence parallelism and then
 compiled blocks on top log the losses and gradient norms of TP=2 without either (within 1e-4)."""
 
-import json
 import shutil
-import sys
 
 import pytest
 import torch
 from torch._dynamo.utils import counters
-from distributed_helpers import free_port, run_checked
-from test_gpthf_train import settings
+from test_gpthf_train import train_losses
 from workers.sequence_parallel import cases
 
 from megacompress.models.registry import build_model
@@ -46,21 +43,12 @@ def test_compiled_blocks_have_no_graph_break_and_equal_eager():
                                        msg=lambda m: f"{name}: grad of {param}: {m}")
 
 
-def _train(shards, run_dir, *extra):
-    overrides = [arg for s in [*settings(shards, run_dir), *extra,
-                               "logging.log_interval=1"] for arg in ("--set", s)]
-    run_checked([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-                 f"--master-port={free_port()}", "-m", "megacompress.train", *overrides], timeout=400)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["loss"], r["grad_norm"]) for r in records if r["split"] == "train"]
-
-
 @pytest.mark.distributed
 def test_training_sequence_parallel_and_compiled_log_the_same_losses(sample_shards, tmp_path):
-    reference = _train(sample_shards, tmp_path / "tp2")
+    reference = train_losses(sample_shards, tmp_path / "tp2")
     sequence_parallel = "parallel.sequence_parallel=true"
     for name, extra in (("sp", [sequence_parallel]), ("sp_compiled", [sequence_parallel, "parallel.compile=true"])):
-        logged = _train(sample_shards, tmp_path / name, *extra)
+        logged = train_losses(sample_shards, tmp_path / name, *extra)
         assert [step for step, _, _ in logged] == [1, 2, 3], name
         for (step, loss, norm), (_, ref_loss, ref_norm) in zip(logged, reference):
             assert loss == pytest.approx(ref_loss, abs=1e-4) and norm == pytest.approx(ref_norm, abs=1e-4), (name, step)

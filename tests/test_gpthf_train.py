@@ -27,6 +27,16 @@ def settings(shards, run_dir):
                     "logging.progress_bar=false", f"logging.run_dir={run_dir}"]
 
 
+def train_losses(shards, run_dir, *extra):
+    """Train with `settings` + ``extra`` (``KEY=VALUE``) on 2 processes, logging every step;
+    returns the train records' (step, loss, grad_norm)."""
+    overrides = [arg for s in [*settings(shards, run_dir), *extra, "logging.log_interval=1"] for arg in ("--set", s)]
+    run_checked([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+                 f"--master-port={free_port()}", "-m", "megacompress.train", *overrides], timeout=400)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"], r["grad_norm"]) for r in records if r["split"] == "train"]
+
+
 @pytest.mark.distributed
 def test_train_export_generate_fast_equals_slow(sample_shards, tmp_path):
     run = tmp_path / "run"
