@@ -27,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from harness import packed_documents  # noqa: E402
 from report import pyplot, save_figure, save_report  # noqa: E402
 
 CASES = [(compiled, recompute) for recompute in ("none", "full") for compiled in (False, True)]
@@ -45,11 +46,7 @@ def child(preset: str, layers: int, batch: int, seq: int, steps: int, compiled: 
     model = build_model(config, seed=0)
     apply_compile(model, compiled)
     apply_recompute(model, recompute)
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, config.vocab_size, (batch, seq), generator=gen)
-    documents = torch.arange(seq).div(seq // 4, rounding_mode="floor").expand(batch, seq)
-    positions = torch.arange(seq).remainder(seq // 4).expand(batch, seq)
-    inputs = dict(input_ids=ids, position_ids=positions, document_ids=documents, labels=ids.roll(-1, 1))
+    inputs = packed_documents(config.vocab_size, batch, seq)
     times = []
     for _ in range(steps + 1):
         model.zero_grad(set_to_none=True)
@@ -83,14 +80,16 @@ def main(argv: list[str] | None = None) -> None:
             with tempfile.TemporaryDirectory() as cache:
                 env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache,
                            OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-                out = subprocess.run([sys.executable, __file__, "--child", json.dumps([preset, layers, compiled, recompute]),
-                                      "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps)],
+                case = json.dumps([preset, layers, compiled, recompute])
+                out = subprocess.run([sys.executable, __file__, "--child", case, "--batch", str(args.batch),
+                                      "--seq", str(args.seq), "--steps", str(args.steps)],
                                      env=env, capture_output=True, text=True, check=True)
             r = json.loads(out.stdout.strip().splitlines()[-1])
             eager = next((x for x in results if x["model"] == preset and x["recompute"] == recompute
                           and not x["compiled"]), r)
             r["step_time_ratio_to_eager"] = r["step_s"] / eager["step_s"]
-            r["same_as_eager"] = abs(r["loss"] - eager["loss"]) < 1e-4 and abs(r["grad_norm"] - eager["grad_norm"]) < 1e-4
+            r["same_as_eager"] = (abs(r["loss"] - eager["loss"]) < 1e-4
+                                  and abs(r["grad_norm"] - eager["grad_norm"]) < 1e-4)
             results.append(r)
             print(f"{preset} ({layers} layers) {'compiled' if compiled else 'eager':8} recompute={recompute:4}: "
                   f"first step {r['first_step_s']:6.1f} s, step {r['step_s']:.3f} s "

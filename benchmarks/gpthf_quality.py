@@ -45,7 +45,6 @@ import argparse
 import json
 import math
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -54,6 +53,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.harness import free_port  # noqa: E402
 from benchmarks.stages import header, run  # noqa: E402
 from megacompress.atomic import write_text_atomic  # noqa: E402
 
@@ -105,12 +105,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------- helpers
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def read_json(path: Path, default=None):
     return json.loads(path.read_text()) if path.exists() else default
 

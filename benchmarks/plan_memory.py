@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from megacompress.atomic import write_text_atomic  # noqa: E402
 from report import pyplot, save_figure, save_report  # noqa: E402
+from harness import free_port  # noqa: E402
 
 STEPS, ACCUMULATION = 2, 2
 # model -> (config, overrides; the quick run's extra overrides)
@@ -127,12 +127,6 @@ def warm_up(deepspeed, ds_config: dict) -> None:
     engine.step()
     del engine, layer
     gc.collect()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_case(model: str, zero: int, recompute: str, quick: bool) -> dict:

@@ -25,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from harness import free_port, packed_documents  # noqa: E402
 from report import pyplot, save_figure, save_report  # noqa: E402
 
 CASES = [(sp, recompute) for recompute in ("none", "selective") for sp in (False, True)]
@@ -45,11 +46,7 @@ def worker(layers: int, batch: int, seq: int, steps: int, out: Path) -> None:
     torch.set_num_threads(1)
     state.initialize(tensor_parallel_size=2, backend="gloo")
     config = ModelConfig.from_preset("baseline-12", num_layers=layers, max_seq_len=seq)
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, config.vocab_size, (batch, seq), generator=gen)
-    documents = torch.arange(seq).div(seq // 4, rounding_mode="floor").expand(batch, seq)  # 4 documents a row
-    positions = torch.arange(seq).remainder(seq // 4).expand(batch, seq)
-    inputs = dict(input_ids=ids, position_ids=positions, document_ids=documents, labels=ids.roll(-1, 1))
+    inputs = packed_documents(config.vocab_size, batch, seq)
     results = []
     for sp, recompute in CASES:
         model = build_model(config, seed=0)
@@ -93,8 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-                    "--master-port=29641", __file__, "--worker", "--batch", str(args.batch), "--seq", str(args.seq),
-                    "--steps", str(args.steps), "--out", str(args.out), *(["--quick"] if args.quick else [])],
+                    f"--master-port={free_port()}", __file__, "--worker", "--batch", str(args.batch),
+                    "--seq", str(args.seq), "--steps", str(args.steps), "--out", str(args.out),
+                    *(["--quick"] if args.quick else [])],
                    env=env, check=True)
     report = json.loads(args.out.read_text())
     for r in report["results"]:

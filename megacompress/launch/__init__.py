@@ -7,7 +7,8 @@
     megacompress launch plan --config configs/baseline12.yaml --nodes 4 --gpus-per-node 8 --gpu h100-80gb
 
 Every launcher validates the config for the full world size before anything starts or is
-submitted; ``plan`` sizes the job (memory per GPU, traffic, tokens/s) without starting anything. The older command lines (``python launchers/torchrun.py ...``) run the same code.
+submitted; ``plan`` sizes the job (memory per GPU, traffic, tokens/s) without starting
+anything. The older command lines (``python launchers/torchrun.py ...``) run the same code.
 See docs/launching.md.
 """
 

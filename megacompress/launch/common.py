@@ -86,13 +86,14 @@ def run_dir_override(run_dir: str | Path) -> str:
     return f"logging.run_dir={run_dir}"
 
 
-def validate(command: TrainCommand, world_size: int | None = None, *, on_gpu: bool = False):
+def validate(command: TrainCommand, world_size: int | None = None, *, on_gpu: bool = False,
+             check_data: bool = True):
     """Load and validate the config exactly as the trainer will; returns the ``TrainConfig``.
 
     With ``world_size`` the checks that depend on it run too (tensor-parallel size divides
     the world; global batch = micro batch x DP size x accumulation steps; the DeepSpeed
-    template exists). Raises LaunchError with the trainer's message, so that nothing
-    invalid reaches a cluster.
+    template exists). ``check_data``: the data paths exist here (not for a job only planned).
+    Raises LaunchError with the trainer's message, so that nothing invalid reaches a cluster.
     """
     from megacompress.training.config import TrainConfigError, load_config
     from megacompress.training.ds_config import build_ds_config
@@ -108,7 +109,8 @@ def validate(command: TrainCommand, world_size: int | None = None, *, on_gpu: bo
                 raise TrainConfigError(f"world size {world_size} is not a multiple of "
                                        f"parallel.tensor_parallel_size {tp}")
             build_ds_config(config, world_size // tp, on_gpu=on_gpu)
-        check_data_paths(config)
+        if check_data:
+            check_data_paths(config)
     except (TrainConfigError, DataConfigError, ShardError) as err:
         raise LaunchError(str(err)) from err
     return config

@@ -86,7 +86,7 @@ state + buffers + max(activations, step temporaries).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from megacompress.models.config import ModelConfig
 from megacompress.models.flops import count_parameters
@@ -141,7 +141,6 @@ class MemoryEstimate:
     buffers: float
     activations: float
     optimizer_step_temporary: float
-    notes: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> float:

@@ -24,7 +24,7 @@ from pathlib import Path
 from megacompress import cli
 from megacompress.atomic import write_text_atomic
 from megacompress.launch import comm_volume
-from megacompress.launch.common import LaunchError
+from megacompress.launch.common import LaunchError, TrainCommand, validate
 from megacompress.launch.devices import GIB, Device, device_names, get_device
 from megacompress.launch.memory_model import JobShape, ZeroBuffers, estimate, rank_parameters
 from megacompress.models.flops import count_parameters, flops_per_token
@@ -54,22 +54,16 @@ class Rates:
 
 
 def load(config_path: str, overrides: list[str], cluster: Cluster):
-    """The training config and its DeepSpeed config for this cluster; a bad one is a `LaunchError`."""
-    from megacompress.training.config import TrainConfigError, load_config
+    """The training config (checked as the launchers check it, data paths aside: the job is only
+    planned here), its model config and its DeepSpeed config for this cluster."""
     from megacompress.training.ds_config import build_ds_config
 
-    try:
-        config = load_config(config_path, overrides)
-        tp = config.parallel.tensor_parallel_size
-        if cluster.world_size % tp:
-            raise TrainConfigError(f"world size {cluster.world_size} ({cluster.nodes} nodes x {cluster.gpus_per_node} "
-                                   f"GPUs) is not a multiple of parallel.tensor_parallel_size {tp}")
-        model = config.model.build()
-        model.validate(tp)
-        ds = build_ds_config(config, cluster.world_size // tp, on_gpu=cluster.device.gpu)
-    except TrainConfigError as err:
-        raise LaunchError(str(err)) from err
-    return config, model, ds
+    config = validate(TrainCommand(config_path, overrides), cluster.world_size, on_gpu=cluster.device.gpu,
+                      check_data=False)
+    tp = config.parallel.tensor_parallel_size
+    model = config.model.build()
+    model.validate(tp)
+    return config, model, build_ds_config(config, cluster.world_size // tp, on_gpu=cluster.device.gpu)
 
 
 def plan(config_path: str, cluster: Cluster, rates: Rates = Rates(), overrides: list[str] | None = None) -> dict:
@@ -124,8 +118,8 @@ def assumptions(config, model, shape: JobShape, rates: Rates, cluster: Cluster) 
         "memory in GiB (2^30 bytes) per GPU; total = parameters + gradients + optimizer + buffers + "
         "max(activations, optimizer_step_temporary): the step runs after the activations are freed",
         f"fits: total <= {1 - rates.headroom:.0%} of the device memory (the rest: CUDA context, NCCL, fragmentation)",
-        f"optimizer: torch AdamW, {config.optimizer.implementation} (m, v in fp32); DeepSpeed 0.19.8 keeps fp32 master weights in bf16 and, under "
-        "ZeRO 1-3, a cloned fp32 partition even in fp32",
+        f"optimizer: torch AdamW, {config.optimizer.implementation} (m, v in fp32); DeepSpeed 0.19.8 keeps fp32 "
+        "master weights in bf16 and, under ZeRO 1-3, a cloned fp32 partition even in fp32",
         "activations: one micro batch, peak at the start of backward (every block's saved tensors + the loss head's "
         "logits, fp32 softmax and its gradient)",
         f"model: {model.num_layers} pre-norm blocks of {model.architecture!r}'s config (the shared GPT block); tensors "
@@ -171,7 +165,8 @@ def table(result: dict) -> str:
         f"total {mem['total']:.2f} GiB of {result['usable_memory_gb']:.1f} usable: "
         f"{'fits' if result['fits'] else 'DOES NOT FIT'}",
         f"per step per GPU: DP {result['comm_bytes_per_step']['dp'] / 1e9:.2f} GB, TP "
-        f"{result['comm_bytes_per_step']['tp'] / 1e9:.2f} GB ({result['comm_s_per_step']:.3f} s at the assumed bandwidths)",
+        f"{result['comm_bytes_per_step']['tp'] / 1e9:.2f} GB "
+        f"({result['comm_s_per_step']:.3f} s at the assumed bandwidths)",
         (f"{rate:,.0f} tokens/s at MFU {result['mfu']:g} ({result['compute_s_per_step']:.3f} s of compute per step)"
          if rate else "tokens/s: no estimate (no peak FLOP/s for this device)"),
     ]

@@ -42,13 +42,9 @@ def _tp() -> int:
     return state.get_tensor_parallel_world_size()
 
 
-def padded_length(seq_len: int) -> int:
-    """``seq_len`` rounded up to a multiple of the TP size."""
-    return -(-seq_len // _tp()) * _tp()
-
-
 def _pad(x: torch.Tensor) -> torch.Tensor:
-    extra = padded_length(x.shape[SEQ_DIM]) - x.shape[SEQ_DIM]
+    """``x`` with zero rows appended along the sequence up to a multiple of the TP size."""
+    extra = -x.shape[SEQ_DIM] % _tp()
     return F.pad(x, (0, 0, 0, extra)) if extra else x
 
 

@@ -3,7 +3,8 @@ fixed-bit windows, and a second LM (M2) trained over those bitstream tokens.
 
 Importing the package registers the ``bitstream`` dataset kind and tokenizer kind (recorded
 by exports; readied for ``generate`` by ``generation``), the paper's M2 sizes as model presets
-(``presets``: ``eiw-m2-25m`` ... ``eiw-m2-2b``) and the ``megacompress equal-info`` subcommand. Modules: ``arithmetic`` (the coder), ``windows`` /
+(``presets``: ``eiw-m2-25m`` ... ``eiw-m2-2b``) and the ``megacompress equal-info`` subcommand.
+Modules: ``arithmetic`` (the coder), ``windows`` /
 ``equal_info`` / ``plain_ac`` / ``baselines`` / ``codec`` (the schemes), ``m1`` (the byte LM),
 ``shards`` / ``tokenizer`` / ``dataset`` (bitstream shards and their training side),
 ``compress`` / ``decompress`` / ``evaluate`` (the command-line tools), ``generation`` (text from an M2).
